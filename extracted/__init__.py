@@ -1,0 +1,1 @@
+"""extracted: see README.md."""

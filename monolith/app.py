@@ -1,0 +1,46 @@
+"""The monolith's application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from monolith import cli
+from monolith.billing import http as billing_http
+from monolith.bootstrap import Monolith, bootstrap
+from monolith.config import ENV_PREFIX, defaults
+from monolith.notifications import http as notifications_http
+from monolith.users import http as users_http
+from servicekit.web import ServiceApi, init_service
+
+EXTENSION = "monolith"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask("monolith")
+    app.config.from_mapping(defaults())
+    app.config.from_prefixed_env(ENV_PREFIX)
+    app.config.update(config or {})
+
+    system = bootstrap(
+        app.config["DATABASE_URL"],
+        max_attempts=int(app.config["EVENTS_MAX_ATTEMPTS"]),
+        deliver_eagerly=bool(app.config["EVENTS_DELIVER_EAGERLY"]),
+    )
+    app.extensions[EXTENSION] = system
+
+    api = ServiceApi(app)
+    api.register_blueprint(users_http.create_blueprint(system.users_uow))
+    api.register_blueprint(
+        billing_http.create_blueprint(system.billing_uow, system.users, system.billing_idempotency)
+    )
+    api.register_blueprint(notifications_http.create_blueprint(system.notifications_uow))
+    init_service(app, api, ready_check=system.check_database)
+    cli.register(app)
+    return app
+
+
+def system_of(app: Flask) -> Monolith:
+    return app.extensions[EXTENSION]

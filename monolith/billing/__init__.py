@@ -1,0 +1,1 @@
+"""The billing module: plans, subscriptions, invoices, payments. See README.md."""

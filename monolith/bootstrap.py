@@ -1,0 +1,153 @@
+"""The one place that wires the monolith together.
+
+Engines, unit-of-work factories, facades, the event bus and its
+subscriptions are built here, from configuration, when the app starts — never
+at import time. Reading this file tells who talks to whom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from monolith.billing import handlers as billing_handlers
+from monolith.billing import orm as billing_orm
+from monolith.billing.events import InvoiceIssued, InvoicePaid, SubscriptionCancelled
+from monolith.billing.repository import BillingUnitOfWork
+from monolith.notifications import orm as notifications_orm
+from monolith.notifications.handlers import NotificationHandlers
+from monolith.notifications.repository import NotificationsUnitOfWork
+from monolith.notifications.services import LogSender, Sender
+from monolith.users import orm as users_orm
+from monolith.users.api import UsersFacade
+from monolith.users.events import UserDeactivated, UserRegistered
+from monolith.users.repository import UsersUnitOfWork
+from servicekit.db import create_engine, reader
+from servicekit.events import Envelope
+from servicekit.idempotency import IdempotencyKeys
+from servicekit.inbox import EventBus
+from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay
+
+#: Every module's tables, in one database: what migrations and the boundary
+#: checks look at.
+MODULE_METADATA: dict[str, sa.MetaData] = {
+    "users": users_orm.metadata,
+    "billing": billing_orm.metadata,
+    "notifications": notifications_orm.metadata,
+}
+
+
+@dataclasses.dataclass
+class Monolith:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    bus: EventBus
+    relays: dict[str, OutboxRelay]
+    users: UsersFacade
+    users_uow: Callable[[], UsersUnitOfWork]
+    billing_uow: Callable[[], BillingUnitOfWork]
+    notifications_uow: Callable[[], NotificationsUnitOfWork]
+    billing_idempotency: IdempotencyKeys
+
+    def check_database(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    def relay_pending(self) -> int:
+        """Deliver every due event of every outbox once; return how many were delivered."""
+        return sum(relay.relay_pending().delivered for relay in self.relays.values())
+
+
+def bootstrap(
+    database_url: str,
+    *,
+    sender: Sender | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    deliver_eagerly: bool = True,
+) -> Monolith:
+    engine = create_engine(database_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    read_sessions = sessionmaker(reader(engine), expire_on_commit=False)
+    bus = EventBus()
+    relays = {
+        "users": OutboxRelay(
+            sessions,
+            users_orm.outbox,
+            source="users",
+            deliver=bus.deliver,
+            max_attempts=max_attempts,
+        ),
+        "billing": OutboxRelay(
+            sessions,
+            billing_orm.outbox,
+            source="billing",
+            deliver=bus.deliver,
+            max_attempts=max_attempts,
+        ),
+    }
+
+    def eager_delivery(source: str) -> Callable[[Sequence[Envelope]], None] | None:
+        if not deliver_eagerly:
+            return None
+        relay = relays[source]
+
+        def deliver(envelopes: Sequence[Envelope]) -> None:
+            relay.relay_events(envelope.event_id for envelope in envelopes)
+
+        return deliver
+
+    def users_uow() -> UsersUnitOfWork:
+        return UsersUnitOfWork(
+            sessions, outbox=users_orm.outbox, source="users", after_commit=eager_delivery("users")
+        )
+
+    def billing_uow() -> BillingUnitOfWork:
+        return BillingUnitOfWork(
+            sessions,
+            outbox=billing_orm.outbox,
+            source="billing",
+            after_commit=eager_delivery("billing"),
+        )
+
+    def notifications_uow() -> NotificationsUnitOfWork:
+        return NotificationsUnitOfWork(sessions)
+
+    # Facades only read, and are called from inside other modules' transactions.
+    users = UsersFacade(lambda: UsersUnitOfWork(read_sessions))
+
+    # Who reacts to what. The consuming module owns each handler.
+    bus.subscribe(
+        UserDeactivated,
+        billing_handlers.on_user_deactivated,
+        uow_factory=billing_uow,
+        inbox=billing_orm.processed_events,
+    )
+    notify = NotificationHandlers(users, sender or LogSender())
+    for event_type, handler in (
+        (UserRegistered, notify.on_user_registered),
+        (InvoiceIssued, notify.on_invoice_issued),
+        (InvoicePaid, notify.on_invoice_paid),
+        (SubscriptionCancelled, notify.on_subscription_cancelled),
+    ):
+        bus.subscribe(
+            event_type,
+            handler,
+            uow_factory=notifications_uow,
+            inbox=notifications_orm.processed_events,
+        )
+
+    return Monolith(
+        engine=engine,
+        sessions=sessions,
+        bus=bus,
+        relays=relays,
+        users=users,
+        users_uow=users_uow,
+        billing_uow=billing_uow,
+        notifications_uow=notifications_uow,
+        billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
+    )

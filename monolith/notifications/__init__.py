@@ -1,0 +1,1 @@
+"""The notifications module: the messages customers are sent. See README.md."""

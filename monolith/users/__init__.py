@@ -1,0 +1,1 @@
+"""The users module: who the customers are. See README.md."""

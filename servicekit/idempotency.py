@@ -1,0 +1,195 @@
+"""Idempotency keys: a retried command executes once and replays its reply.
+
+The rules, for a command sent with an ``Idempotency-Key`` header:
+
+- the first request reserves the key (in its own short transaction, so that a
+  concurrent request with the same key sees it) and executes;
+- the reply is stored *in the same transaction* as the change it reports, so
+  a reply exists if and only if the change does;
+- a replay with the same body gets the stored status and body, byte for byte;
+- the same key with a different body is refused (422), a request arriving
+  while the first is still executing is refused (409);
+- a request that fails validation never gets this far and stores nothing; an
+  unexpected failure releases the key so that the client can retry;
+- a reservation abandoned by a crashed process expires after ``lock_timeout``.
+
+Expected (domain) failures are stored like successes: retrying an
+overpayment gets the same refusal, it does not suddenly succeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from servicekit.db import UTCDateTime, utcnow
+from servicekit.errors import Conflict, DomainError, RuleViolated
+from servicekit.uow import UnitOfWork
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "IDEMPOTENCY_KEY_HEADER",
+    "IdempotencyKeys",
+    "KeyInFlight",
+    "KeyReused",
+    "Reply",
+    "fingerprint",
+    "idempotency_table",
+]
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+DEFAULT_LOCK_TIMEOUT = dt.timedelta(seconds=60)
+
+_IN_PROGRESS = "in_progress"
+_COMPLETED = "completed"
+
+U = TypeVar("U", bound=UnitOfWork)
+R = TypeVar("R")
+
+
+class KeyReused(RuleViolated):
+    code = "idempotency_key_reused"
+
+
+class KeyInFlight(Conflict):
+    code = "idempotency_key_in_flight"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+def idempotency_table(metadata: sa.MetaData, owner: str) -> sa.Table:
+    return sa.Table(
+        f"{owner}_idempotency_keys",
+        metadata,
+        sa.Column("scope", sa.String(100), primary_key=True),
+        sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("reserved_at", UTCDateTime(), nullable=False),
+        sa.Column("response_status", sa.Integer(), nullable=True),
+        sa.Column("response_body", sa.JSON(), nullable=True),
+    )
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of a request's meaning (canonical JSON of its parts)."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class IdempotencyKeys:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        table: sa.Table,
+        *,
+        lock_timeout: dt.timedelta = DEFAULT_LOCK_TIMEOUT,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._sessions = session_factory
+        self._table = table
+        self._lock_timeout = lock_timeout
+        self._clock = clock
+
+    def run(
+        self,
+        *,
+        scope: str,
+        key: str,
+        request_fingerprint: str,
+        uow: U,
+        execute: Callable[[U], R],
+        render: Callable[[R], Reply],
+        render_error: Callable[[DomainError], Reply],
+    ) -> Reply:
+        """Execute ``execute(uow)`` once for ``(scope, key)``; return its reply."""
+        stored = self._reserve(scope, key, request_fingerprint)
+        if stored is not None:
+            return stored
+        try:
+            with uow:
+                uow.hold_commit()
+                result = execute(uow)
+                if not uow.commit_requested:
+                    raise RuntimeError("an idempotent command must commit its unit of work")
+                reply = render(result)
+                self._complete(uow.session, scope, key, reply)
+                uow.release_commit()
+                return reply
+        except DomainError as refusal:
+            reply = render_error(refusal)
+            with self._sessions() as session, session.begin():
+                self._complete(session, scope, key, reply)
+            raise
+        except BaseException:
+            self._release(scope, key)
+            raise
+
+    def _reserve(self, scope: str, key: str, request_fingerprint: str) -> Reply | None:
+        t = self._table
+        now = self._clock()
+        try:
+            with self._sessions() as session, session.begin():
+                session.execute(
+                    t.insert().values(
+                        scope=scope,
+                        key=key,
+                        fingerprint=request_fingerprint,
+                        state=_IN_PROGRESS,
+                        reserved_at=now,
+                    )
+                )
+            return None
+        except IntegrityError:
+            pass
+        with self._sessions() as session, session.begin():
+            row = session.execute(
+                sa.select(t).where(t.c.scope == scope, t.c.key == key).with_for_update()
+            ).one()
+            if row.fingerprint != request_fingerprint:
+                raise KeyReused(
+                    f"{IDEMPOTENCY_KEY_HEADER} {key!r} was already used with a different request"
+                )
+            if row.state == _COMPLETED:
+                return Reply(status=row.response_status, body=row.response_body)
+            if now - row.reserved_at < self._lock_timeout:
+                raise KeyInFlight(
+                    f"a request with {IDEMPOTENCY_KEY_HEADER} {key!r} is still being processed"
+                )
+            # The first attempt died without an answer: this one takes over.
+            logger.warning("taking over abandoned idempotency key %s/%s", scope, key)
+            session.execute(
+                t.update().where(t.c.scope == scope, t.c.key == key).values(reserved_at=now)
+            )
+            return None
+
+    def _complete(self, session: Session, scope: str, key: str, reply: Reply) -> None:
+        t = self._table
+        session.execute(
+            t.update()
+            .where(t.c.scope == scope, t.c.key == key)
+            .values(state=_COMPLETED, response_status=reply.status, response_body=reply.body)
+        )
+
+    def _release(self, scope: str, key: str) -> None:
+        t = self._table
+        with self._sessions() as session, session.begin():
+            session.execute(
+                t.delete().where(t.c.scope == scope, t.c.key == key, t.c.state == _IN_PROGRESS)
+            )

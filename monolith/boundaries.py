@@ -39,8 +39,12 @@ class ModuleReport:
 
 
 def owner_of(table_name: str, metadata_by_module: Mapping[str, sa.MetaData]) -> str | None:
+    """The module owning a table: the one declaring it, else the one it is named for."""
     for module, metadata in metadata_by_module.items():
         if table_name in metadata.tables:
+            return module
+    for module in metadata_by_module:
+        if table_name.startswith(f"{module}_"):
             return module
     return None
 

@@ -10,6 +10,7 @@ from types import FrameType
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 
 from monolith import boundaries
 from monolith.billing.seed import seed_billing
@@ -31,6 +32,7 @@ def _system():  # type: ignore[no-untyped-def]
 
 
 @click.command("seed")
+@with_appcontext
 @click.option("--users", "user_count", default=200, show_default=True, help="Users to create.")
 @click.option("--invoices", default=2_000, show_default=True, help="Invoices to create.")
 def seed(user_count: int, invoices: int) -> None:
@@ -46,6 +48,7 @@ def seed(user_count: int, invoices: int) -> None:
 
 
 @click.command("boundaries")
+@with_appcontext
 @click.option("--json", "as_json", is_flag=True, help="Print the map as JSON.")
 def boundaries_command(as_json: bool) -> None:
     """Print the module map: tables, facades, events — what extraction must carry."""
@@ -60,9 +63,7 @@ def boundaries_command(as_json: bool) -> None:
         raise SystemExit(1)
 
 
-@click.group("events")
-def events() -> None:
-    """Inspect and deliver the modules' outboxes."""
+events = AppGroup("events", help="Inspect and deliver the modules' outboxes.")
 
 
 @events.command("relay")

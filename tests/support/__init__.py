@@ -1,0 +1,1 @@
+"""Helpers the tests share: processes on loopback, PostgreSQL databases, ids."""

@@ -223,6 +223,15 @@ def init_service(
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = incoming if _ACCEPTABLE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
+    @app.before_request
+    def _refuse_unsized_bodies_over_the_limit() -> None:
+        # werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without
+        # complaint; the parser would then report truncated JSON. Read it here
+        # so that going over the limit is the 413 it is.
+        if request.content_length is None and "Transfer-Encoding" in request.headers:
+            request.get_data(cache=True)
+            request.stream.read(1)  # at the limit with bytes left: RequestEntityTooLarge
+
     @app.after_request
     def _return_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = current_request_id()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from monolith.users.domain import EmailTaken, User, UserNotFound, normalise_email
 from monolith.users.events import UserDeactivated, UserRegistered
 from monolith.users.repository import UsersUnitOfWork
 from servicekit.db import utcnow
 from servicekit.ids import new_id
+
+logger = logging.getLogger(__name__)
 
 
 def register(uow: UsersUnitOfWork, *, email: str, name: str) -> User:
@@ -21,6 +25,7 @@ def register(uow: UsersUnitOfWork, *, email: str, name: str) -> User:
         uow.users.add(user)
         uow.publish(UserRegistered(user_id=user.id, email=user.email, name=user.name))
         uow.commit()
+        logger.info("registered user %s", user.id)
         return user
 
 
@@ -69,4 +74,5 @@ def deactivate(uow: UsersUnitOfWork, user_id: str) -> User:
         uow.users.save(user)
         uow.publish(UserDeactivated(user_id=user.id))
         uow.commit()
+        logger.info("deactivated user %s", user.id)
         return user

@@ -37,6 +37,7 @@ boundaries: install  ## print the module map (what extraction must carry)
 lint: install  ## ruff and the import contracts
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint  ## lint, then every test (PostgreSQL ones skip only outside CI)
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)

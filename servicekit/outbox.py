@@ -20,7 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -291,7 +291,7 @@ class OutboxRelay:
                 .where(o.c.event_id == event_id, o.c.parked_at.is_not(None))
                 .values(parked_at=None, attempts=0, next_attempt_at=None)
             )
-            return result.rowcount == 1
+            return cast(sa.CursorResult[Any], result).rowcount == 1
 
     def _stored(self, row: sa.Row[Any]) -> StoredEvent:
         return StoredEvent(

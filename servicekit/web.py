@@ -79,7 +79,8 @@ class ErrorSchema(ma.Schema):
     status = ma.fields.Integer(required=True)
     code = ma.fields.String(required=True)
     message = ma.fields.String(required=True)
-    fields = ma.fields.Dict(keys=ma.fields.String())
+    # ``fields`` would shadow Schema.fields, hence the data_key.
+    field_messages = ma.fields.Dict(keys=ma.fields.String(), data_key="fields")
     request_id = ma.fields.String()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,7 @@ def seed_billing(
     if not user_ids:
         return
     started = now - dt.timedelta(days=3650)
-    subscriptions = [
+    subscriptions: list[dict[str, Any]] = [
         {
             "id": new_id(),
             "user_id": user_id,
@@ -57,7 +58,8 @@ def seed_billing(
         session.execute(orm.subscriptions.insert(), subscriptions[first : first + batch])
     prices = {plan_ids[n]: PLANS[n][2] for n in range(len(PLANS))}
     periods = {s["id"]: started.date() for s in subscriptions}
-    rows, payments = [], []
+    rows: list[dict[str, Any]] = []
+    payments: list[dict[str, Any]] = []
     cycle = itertools.cycle(subscriptions)
     statuses = (InvoiceStatus.PAID,) * 7 + (
         InvoiceStatus.OPEN,
@@ -105,7 +107,7 @@ def seed_billing(
 
 
 def _flush(
-    session: Session, invoices: list[dict[str, object]], payments: list[dict[str, object]]
+    session: Session, invoices: list[dict[str, Any]], payments: list[dict[str, Any]]
 ) -> None:
     if invoices:
         session.execute(orm.invoices.insert(), invoices)

@@ -18,6 +18,9 @@ reuse_port = True
 keepalive = int(os.environ.get("WEB_KEEPALIVE", "75"))
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 graceful_timeout = 10
+# Several gunicorns run side by side (monolith, service, proxy, tests): the
+# runtime control socket would be one shared path, so none of them opens it.
+control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 

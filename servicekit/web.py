@@ -10,6 +10,7 @@ The error envelope, for every error the service answers::
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "REQUEST_ID_HEADER",
     "ServiceApi",
+    "ServiceBlueprint",
     "error_response",
     "idempotent_response",
     "init_service",
@@ -165,6 +167,32 @@ def _status_for(error: DomainError) -> int:
         if category in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[category]
     return 400
+
+
+#: Pages past this are refused: a huge page number would overflow the SQL offset.
+MAX_PAGE = 1_000_000
+
+
+class ServiceBlueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint, with a ceiling on the page number it accepts."""
+
+    def paginate(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        paginate = super().paginate(*args, **kwargs)
+
+        def decorator(view: Callable[..., Any]) -> Any:
+            @functools.wraps(view)
+            def bounded(*view_args: Any, **view_kwargs: Any) -> Any:
+                if view_kwargs["pagination_parameters"].page > MAX_PAGE:
+                    flask_smorest.abort(
+                        422,
+                        message=f"The request is not valid: page: at most {MAX_PAGE}",
+                        errors={"query": {"page": [f"Must be at most {MAX_PAGE}."]}},
+                    )
+                return view(*view_args, **view_kwargs)
+
+            return paginate(bounded)
+
+        return decorator
 
 
 class ServiceApi(flask_smorest.Api):

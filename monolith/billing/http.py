@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from monolith.billing import services
 from monolith.billing.domain import Invoice, Payment, Plan, Subscription
@@ -25,6 +24,7 @@ from monolith.billing.schemas import (
     SubscriptionSchema,
 )
 from servicekit.idempotency import IdempotencyKeys, fingerprint
+from servicekit.web import ServiceBlueprint as Blueprint
 from servicekit.web import idempotent_response
 
 

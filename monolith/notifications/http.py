@@ -6,12 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from monolith.notifications import services
 from monolith.notifications.domain import Notification
 from monolith.notifications.repository import NotificationsUnitOfWork
 from monolith.notifications.schemas import NotificationQuerySchema, NotificationSchema
+from servicekit.web import ServiceBlueprint as Blueprint
 
 
 def create_blueprint(uow: Callable[[], NotificationsUnitOfWork]) -> Blueprint:

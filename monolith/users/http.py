@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from monolith.users import services
 from monolith.users.domain import User
@@ -17,6 +16,7 @@ from monolith.users.schemas import (
     UserSchema,
     UserUpdateSchema,
 )
+from servicekit.web import ServiceBlueprint as Blueprint
 
 
 def create_blueprint(uow: Callable[[], UsersUnitOfWork]) -> Blueprint:

@@ -1,0 +1,48 @@
+"""servicekit's public surface, pinned: both deployables build on it, so a
+change to it is a change to both and should be made on purpose."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+SURFACE = {
+    "servicekit.errors": {
+        "Conflict",
+        "DependencyUnavailable",
+        "DomainError",
+        "NotFound",
+        "RuleViolated",
+    },
+    "servicekit.events": {"Envelope", "EventRegistry", "IntegrationEvent", "UnknownEventType"},
+    "servicekit.inbox": {"EventBus", "HandlerFailed", "inbox_table"},
+    "servicekit.outbox": {
+        "DEFAULT_BACKOFF_BASE",
+        "DEFAULT_BACKOFF_MAX",
+        "DEFAULT_MAX_ATTEMPTS",
+        "OutboxRelay",
+        "RelayReport",
+        "outbox_table",
+        "write_to_outbox",
+    },
+    "servicekit.uow": {"AfterCommit", "UnitOfWork"},
+    "servicekit.idempotency": {
+        "DEFAULT_LOCK_TIMEOUT",
+        "IDEMPOTENCY_KEY_HEADER",
+        "IdempotencyKeys",
+        "KeyInFlight",
+        "KeyReused",
+        "Reply",
+        "fingerprint",
+        "idempotency_table",
+    },
+}
+
+
+@pytest.mark.parametrize("module", sorted(SURFACE))
+def test_the_public_surface_is_what_it_was(module):
+    imported = importlib.import_module(module)
+
+    assert set(imported.__all__) == SURFACE[module]
+    assert all(hasattr(imported, name) for name in imported.__all__)

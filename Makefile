@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export MONOLITH_PORT ?= 8001
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate seed test lint boundaries bench clean
+.PHONY: help install run migrate seed test lint boundaries fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,8 @@ var:
 
 migrate: install var  ## upgrade every database to the latest schema
 	$(BIN)/alembic -n monolith upgrade heads
+	$(BIN)/alembic -n billing_service upgrade heads
+	$(BIN)/alembic -n proxy upgrade heads
 
 run: migrate  ## start the system on 127.0.0.1 (monolith :8001)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
@@ -42,5 +44,22 @@ lint: install  ## ruff and the import contracts
 test: lint  ## lint, then every test (PostgreSQL ones skip only outside CI)
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
+fuzz: install  ## explore the monolith's API with random inputs (FUZZ_EXAMPLES per operation)
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) $(BIN)/pytest -q tests/integration/test_fuzz_never_500.py
+
 clean:  ## remove the virtualenv and local databases
 	rm -rf $(VENV) var
+
+# --- the strangler proxy (docs/02-put-the-proxy-in-front.md) ---------------------
+.PHONY: bench bench-proxy toggle
+bench: install var  ## load: the monolith directly, through the proxy and through nginx
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-proxy: bench  ## the same as `make bench`
+
+toggle: install  ## move a route: make toggle ROUTE=billing-invoices MODE=canary PERCENT=25
+	@test -n "$(ROUTE)" -a -n "$(MODE)" || (echo "usage: make toggle ROUTE=... MODE=... [PERCENT=...] [REASON=...]"; exit 2)
+	STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler set $(ROUTE) $(MODE) $(PERCENT) --reason "$(or $(REASON),make toggle)"
+	@STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler routes

@@ -14,20 +14,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from monolith.billing import handlers as billing_handlers
 from monolith.billing import orm as billing_orm
+from monolith.billing.api import BillingFacade
 from monolith.billing.events import InvoiceIssued, InvoicePaid, SubscriptionCancelled
 from monolith.billing.repository import BillingUnitOfWork
+from monolith.billing_port import BillingPort, HttpBilling, InProcessBilling
 from monolith.notifications import orm as notifications_orm
 from monolith.notifications.handlers import NotificationHandlers
 from monolith.notifications.repository import NotificationsUnitOfWork
 from monolith.notifications.services import LogSender, Sender
 from monolith.users import orm as users_orm
 from monolith.users.api import UsersFacade
-from monolith.users.events import UserDeactivated, UserRegistered
+from monolith.users.events import UserRegistered
 from monolith.users.repository import UsersUnitOfWork
 from servicekit.db import create_engine, reader
 from servicekit.events import Envelope
+from servicekit.httpclient import HttpClient
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
 from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay
@@ -52,6 +54,7 @@ class Monolith:
     billing_uow: Callable[[], BillingUnitOfWork]
     notifications_uow: Callable[[], NotificationsUnitOfWork]
     billing_idempotency: IdempotencyKeys
+    billing: BillingPort
 
     def check_database(self) -> None:
         with self.engine.connect() as connection:
@@ -68,7 +71,10 @@ def bootstrap(
     sender: Sender | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     deliver_eagerly: bool = True,
+    billing_service: HttpClient | None = None,
 ) -> Monolith:
+    """``billing_service``: a client of the billing service when billing runs there
+    (the HTTP adapter of the billing port); None when it runs in this process."""
     engine = create_engine(database_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
     read_sessions = sessionmaker(reader(engine), expire_on_commit=False)
@@ -119,13 +125,14 @@ def bootstrap(
     # Facades only read, and are called from inside other modules' transactions.
     users = UsersFacade(lambda: UsersUnitOfWork(read_sessions))
 
-    # Who reacts to what. The consuming module owns each handler.
-    bus.subscribe(
-        UserDeactivated,
-        billing_handlers.on_user_deactivated,
-        uow_factory=billing_uow,
-        inbox=billing_orm.processed_events,
+    # Who reacts to what. The consuming module owns each handler; billing is
+    # reached through its port, in this process or in the billing service.
+    billing: BillingPort = (
+        InProcessBilling(BillingFacade(billing_uow))
+        if billing_service is None
+        else HttpBilling(billing_service)
     )
+    billing.connect(bus)
     notify = NotificationHandlers(users, sender or LogSender())
     for event_type, handler in (
         (UserRegistered, notify.on_user_registered),
@@ -150,4 +157,5 @@ def bootstrap(
         billing_uow=billing_uow,
         notifications_uow=notifications_uow,
         billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
+        billing=billing,
     )

@@ -60,6 +60,7 @@ class EventBus:
     def __init__(self, registry: EventRegistry | None = None) -> None:
         self.registry = registry or EventRegistry()
         self._subscriptions: dict[str, list[Subscription]] = defaultdict(list)
+        self._forwards: dict[str, list[tuple[str, Callable[[Envelope], None]]]] = defaultdict(list)
 
     def subscribe(
         self,
@@ -75,9 +76,27 @@ class EventBus:
             Subscription(name=name, handler=handler, uow_factory=uow_factory, inbox=inbox)
         )
 
+    def forward(
+        self, event_type: type[IntegrationEvent], deliver: Callable[[Envelope], None], *, name: str
+    ) -> None:
+        """Hand envelopes of ``event_type``, as they are, to ``deliver``.
+
+        For a consumer in another deployable (``deliver`` posts to its inbox,
+        which applies each event once): no local transaction and no local
+        inbox record. A failure makes :meth:`deliver` raise like a failed
+        handler, so the relay tries again. ``name`` is dotted like a handler's.
+        """
+        self.registry.register(event_type)
+        self._forwards[event_type.type_name()].append((name, deliver))
+
     def subscriptions(self) -> dict[str, list[str]]:
-        """Event type -> handler names, for the boundary report."""
-        return {event: [s.name for s in subs] for event, subs in self._subscriptions.items()}
+        """Event type -> handler (and forward) names, for the boundary report."""
+        names: dict[str, list[str]] = defaultdict(list)
+        for event, subs in self._subscriptions.items():
+            names[event].extend(s.name for s in subs)
+        for event, forwards in self._forwards.items():
+            names[event].extend(name for name, _ in forwards)
+        return {event: found for event, found in names.items() if found}
 
     def deliver(self, envelope: Envelope) -> None:
         """Apply ``envelope`` to every subscriber once; raise if any failed.
@@ -86,16 +105,24 @@ class EventBus:
         undoes nor blocks the others, and the retry skips those that applied it.
         """
         subscriptions = self._subscriptions.get(envelope.event_type, [])
-        if not subscriptions:
+        forwards = self._forwards.get(envelope.event_type, [])
+        if not subscriptions and not forwards:
             return
-        event = self.registry.decode(envelope)
         failures = []
+        if subscriptions:
+            event = self.registry.decode(envelope)
         for subscription in subscriptions:
             try:
                 self._apply_once(subscription, event)
             except Exception as exc:
                 logger.exception("handler %s failed on %s", subscription.name, envelope.event_id)
                 failures.append(f"{subscription.name}: {exc!r}")
+        for name, forward in forwards:
+            try:
+                forward(envelope)
+            except Exception as exc:
+                logger.warning("forwarding %s to %s failed: %s", envelope.event_id, name, exc)
+                failures.append(f"{name}: {exc!r}")
         if failures:
             raise HandlerFailed("; ".join(failures))
 

@@ -1,0 +1,207 @@
+"""The admin API under ``/_strangler/``: list routes, move one, read its
+history and its shadow mismatches; metrics and health. Bearer tokens belong to
+teams; a team changes only the routes it owns, the admin team changes all."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import TYPE_CHECKING, Any
+
+import marshmallow as ma
+from flask import Flask, Response, g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from servicekit.web import ServiceApi, init_service, openapi_settings
+from strangler_proxy.config import ADMIN_TEAM, hash_token
+from strangler_proxy.domain import MODES
+from strangler_proxy.metrics import CONTENT_TYPE_LATEST
+from strangler_proxy.repository import as_dict
+
+if TYPE_CHECKING:
+    from strangler_proxy.app import Proxy
+
+__all__ = ["create_admin_app"]
+
+PREFIX = "/_strangler"
+#: Endpoints anyone on the network may read (a load balancer, Prometheus).
+PUBLIC_ENDPOINTS = frozenset({"strangler.health", "strangler.metrics"})
+
+
+class RouteSchema(ma.Schema):
+    name = ma.fields.String()
+    pattern = ma.fields.String()
+    methods = ma.fields.List(ma.fields.String())
+    owner = ma.fields.String()
+    service = ma.fields.String()
+    mode = ma.fields.String()
+    percent = ma.fields.Integer()
+    fallback = ma.fields.Boolean()
+    ignore = ma.fields.List(ma.fields.String())
+    revision = ma.fields.Integer(metadata={"description": "Send it back to change the route"})
+    rate = ma.fields.Float(metadata={"description": "Requests per second, last 10 s"})
+    error_rate = ma.fields.Float(metadata={"description": "Share of 5xx, last 10 s"})
+
+
+class RouteListSchema(ma.Schema):
+    revision = ma.fields.Integer(metadata={"description": "Revision of the whole table"})
+    routes = ma.fields.List(ma.fields.Nested(RouteSchema))
+
+
+class ChangeSchema(ma.Schema):
+    mode = ma.fields.String(required=True, validate=ma.validate.OneOf(MODES))
+    percent = ma.fields.Integer(validate=ma.validate.Range(0, 100), allow_none=True)
+    reason = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1000))
+    revision = ma.fields.Integer(
+        required=True, metadata={"description": "The route's revision the change is based on"}
+    )
+
+
+class AuditSchema(ma.Schema):
+    revision = ma.fields.Integer()
+    actor = ma.fields.String()
+    at = ma.fields.DateTime()
+    before = ma.fields.Dict(allow_none=True)
+    after = ma.fields.Dict()
+    reason = ma.fields.String()
+
+
+class MismatchSchema(ma.Schema):
+    at = ma.fields.DateTime()
+    request_id = ma.fields.String()
+    method = ma.fields.String()
+    path = ma.fields.String()
+    monolith_status = ma.fields.Integer()
+    service_status = ma.fields.Integer()
+    monolith_body = ma.fields.String()
+    service_body = ma.fields.String()
+    diff = ma.fields.List(ma.fields.String())
+
+
+class LimitSchema(ma.Schema):
+    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(1, 500))
+
+
+def create_admin_app(proxy: Proxy) -> Flask:
+    app = Flask("strangler_proxy.admin")
+    app.config.update(openapi_settings("Strangler proxy admin API", "1.0.0"))
+    app.config.update(
+        OPENAPI_URL_PREFIX=PREFIX,
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}],
+        },
+    )
+    api = ServiceApi(app)
+    api.register_blueprint(_blueprint(proxy))
+
+    def ready_check() -> None:
+        proxy.store.revision()  # raises when the route table's database is unreachable
+
+    init_service(app, api, ready_check=ready_check)
+    return app
+
+
+def _blueprint(proxy: Proxy) -> Blueprint:
+    blp = Blueprint("strangler", __name__, url_prefix=PREFIX, description="Route toggling")
+
+    @blp.before_request
+    def authenticate() -> None:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        team = _team_for(proxy.tokens, token) if scheme.lower() == "bearer" else None
+        if team is None:
+            abort(401, message="a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        g.team = team
+
+    @blp.get("/health")
+    def health() -> dict[str, Any]:
+        """Alive, and the route table revision this worker (pid) serves."""
+        return {"status": "ok", "revision": proxy.table.revision, "worker": os.getpid()}
+
+    @blp.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(proxy.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    @blp.route("/routes")
+    class Routes(MethodView):
+        @blp.response(200, RouteListSchema)
+        def get(self) -> dict[str, Any]:
+            """List routes with their mode and live rates."""
+            proxy.refresh()
+            rates = proxy.rates()
+            table = proxy.table
+            return {
+                "revision": table.revision,
+                "routes": [
+                    {**as_dict(r), **rates.get(r.name, {"rate": 0.0, "error_rate": 0.0})}
+                    for r in table.routes
+                ],
+            }
+
+    @blp.route("/routes/<name>")
+    class RouteByName(MethodView):
+        @blp.response(200, RouteSchema)
+        def get(self, name: str) -> dict[str, Any]:
+            """One route."""
+            proxy.refresh()
+            return as_dict(_route(proxy, name))
+
+        @blp.arguments(ChangeSchema)
+        @blp.response(200, RouteSchema)
+        @blp.alt_response(401, description="No or an unknown bearer token")
+        @blp.alt_response(403, description="The route belongs to another team")
+        @blp.alt_response(409, description="The route changed since the given revision")
+        def patch(self, change: dict[str, Any], name: str) -> dict[str, Any]:
+            """Move a route: set its mode (and a canary's percent), with a reason."""
+            route = _route(proxy, name)
+            if g.team not in (route.owner, ADMIN_TEAM):
+                abort(403, message=f"route {name!r} belongs to {route.owner}, not {g.team}")
+            changed = proxy.store.change(
+                name,
+                mode=change["mode"],
+                percent=change.get("percent"),
+                expected_revision=change["revision"],
+                actor=g.team,
+                reason=change["reason"],
+            )
+            proxy.refresh()
+            return as_dict(changed)
+
+    @blp.route("/routes/<name>/history")
+    class History(MethodView):
+        @blp.arguments(LimitSchema, location="query")
+        @blp.response(200, AuditSchema(many=True))
+        def get(self, args: dict[str, Any], name: str) -> list[dict[str, Any]]:
+            """Who moved the route, when, from what to what and why (newest first)."""
+            _route(proxy, name)
+            return proxy.store.history(name, args["limit"])
+
+    @blp.route("/routes/<name>/mismatches")
+    class Mismatches(MethodView):
+        @blp.arguments(LimitSchema, location="query")
+        @blp.response(200, MismatchSchema(many=True))
+        def get(self, args: dict[str, Any], name: str) -> list[dict[str, Any]]:
+            """Shadow mismatches: both bodies (a sample) and their diff (newest first)."""
+            _route(proxy, name)
+            return proxy.store.mismatches(name, args["limit"])
+
+    return blp
+
+
+def _team_for(tokens: dict[str, str], token: str) -> str | None:
+    digest = hash_token(token)
+    for known, team in tokens.items():
+        if hmac.compare_digest(known, digest):
+            return team
+    return None
+
+
+def _route(proxy: Proxy, name: str) -> Any:
+    route = proxy.table.by_name.get(name)
+    if route is None:
+        abort(404, message=f"no route named {name!r}")
+    return route

@@ -1,0 +1,113 @@
+"""The proxy's settings: named defaults, then ``PROXY_*`` environment variables,
+then the mapping given to ``create_app`` (tests use that)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "PROXY_"
+DEFAULT_DATABASE_FILE = os.path.join("var", "proxy.db")
+DEFAULT_ROUTES_FILE = str(Path(__file__).with_name("routes.toml"))
+DEFAULT_MONOLITH_URL = "http://127.0.0.1:8001"
+DEFAULT_BILLING_URL = "http://127.0.0.1:8002"
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_SHADOW_TIMEOUT = 2.0
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Shorter than the upstreams' keep-alive (servicekit's gunicorn keeps 75 s),
+#: so the proxy, not the upstream, closes an idle connection: no reuse race.
+DEFAULT_UPSTREAM_KEEPALIVE = 30.0
+DEFAULT_POOL_SIZE = 16
+DEFAULT_POLL_SECONDS = 0.5
+DEFAULT_FLUSH_SECONDS = 1.0
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_COOLDOWN = 5.0
+DEFAULT_DEMOTE_ERROR_RATE = 0.5
+DEFAULT_DEMOTE_MISMATCH_RATE = 0.5
+DEFAULT_DEMOTE_MIN_REQUESTS = 20
+DEFAULT_DEMOTE_WINDOW = 30.0
+DEFAULT_CANARY_HEADER = "X-User-ID"
+DEFAULT_CANARY_COOKIE = "user_id"
+DEFAULT_SHADOW_THREADS = 4
+DEFAULT_SHADOW_IN_FLIGHT = 32
+ADMIN_TEAM = "admin"
+
+
+def defaults() -> dict[str, Any]:
+    return {
+        "DATABASE_URL": "sqlite:///" + os.path.abspath(DEFAULT_DATABASE_FILE),
+        "ROUTES_FILE": DEFAULT_ROUTES_FILE,
+        "MONOLITH_URL": DEFAULT_MONOLITH_URL,
+        "BILLING_URL": DEFAULT_BILLING_URL,
+        # "billing-team:secret1,admin:secret2"; the team named "admin" may change every route.
+        "TOKENS": "",
+        "CONNECT_TIMEOUT": DEFAULT_CONNECT_TIMEOUT,
+        "READ_TIMEOUT": DEFAULT_READ_TIMEOUT,
+        "SHADOW_TIMEOUT": DEFAULT_SHADOW_TIMEOUT,
+        "MAX_BODY_BYTES": DEFAULT_MAX_BODY_BYTES,
+        "UPSTREAM_KEEPALIVE": DEFAULT_UPSTREAM_KEEPALIVE,
+        "POOL_SIZE": DEFAULT_POOL_SIZE,
+        "POLL_SECONDS": DEFAULT_POLL_SECONDS,
+        "FLUSH_SECONDS": DEFAULT_FLUSH_SECONDS,
+        "BREAKER_THRESHOLD": DEFAULT_BREAKER_THRESHOLD,
+        "BREAKER_COOLDOWN": DEFAULT_BREAKER_COOLDOWN,
+        "DEMOTE_ERROR_RATE": DEFAULT_DEMOTE_ERROR_RATE,
+        "DEMOTE_MISMATCH_RATE": DEFAULT_DEMOTE_MISMATCH_RATE,
+        "DEMOTE_MIN_REQUESTS": DEFAULT_DEMOTE_MIN_REQUESTS,
+        "DEMOTE_WINDOW": DEFAULT_DEMOTE_WINDOW,
+        "CANARY_HEADER": DEFAULT_CANARY_HEADER,
+        "CANARY_COOKIE": DEFAULT_CANARY_COOKIE,
+        # Peers whose X-Forwarded-* headers are believed (e.g. the load balancer).
+        "TRUSTED_PEERS": "",
+        "SHADOW_THREADS": DEFAULT_SHADOW_THREADS,
+        "SHADOW_IN_FLIGHT": DEFAULT_SHADOW_IN_FLIGHT,
+        "ACCESS_LOG": True,
+    }
+
+
+def load(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    settings = defaults()
+    for name, default in list(settings.items()):
+        raw = os.environ.get(ENV_PREFIX + name)
+        if raw is not None:
+            settings[name] = _parse(raw, default)
+    settings.update(config or {})
+    return settings
+
+
+def _parse(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def upstreams(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Upstream name → base URL: ``monolith``, ``billing`` and any ``*_URL`` given."""
+    return {
+        name[: -len("_URL")].lower(): str(url)
+        for name, url in settings.items()
+        if name.endswith("_URL") and name != "DATABASE_URL"
+    }
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_hashes(spec: str) -> dict[str, str]:
+    """``"team:token,team:token"`` → {sha256(token): team}; only hashes are kept."""
+    hashes: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        team, _, token = item.partition(":")
+        if not team or not token:
+            raise ValueError("PROXY_TOKENS entries look like team:token")
+        hashes[hash_token(token)] = team
+    return hashes

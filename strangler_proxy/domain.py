@@ -1,0 +1,326 @@
+"""The proxy's own rules, free of HTTP servers, clients and databases.
+
+Routes and how a request path matches one; which side of a canary a caller
+lands on; how two responses are compared in shadow mode; when a route is
+demoted; and the per-upstream circuit breaker. Everything here is pure and
+takes the clock as an argument, so unit tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+
+__all__ = [
+    "MODES",
+    "SAFE_METHODS",
+    "BadPath",
+    "Breaker",
+    "Comparison",
+    "Route",
+    "RouteTable",
+    "bucket",
+    "compare",
+    "demotion_reason",
+    "normalise_path",
+]
+
+MODES = ("monolith", "shadow", "canary", "service")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Methods a shadow copy may be sent for: never a write.
+SHADOWED_METHODS = frozenset({"GET", "HEAD"})
+MONOLITH = "monolith"
+DEFAULT_IGNORE = ("id", "*_id", "*_at", "request_id")
+
+
+class BadPath(ValueError):
+    """The request target cannot be normalised safely: answer 400."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A named slice of the API that moves from the monolith to a service."""
+
+    name: str
+    pattern: str
+    methods: frozenset[str]
+    owner: str
+    service: str
+    mode: str = MONOLITH
+    percent: int = 0
+    fallback: bool = True
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    revision: int = 0
+    changed_at: dt.datetime | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", compile_pattern(self.pattern))
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods and "*" not in self.methods and method not in self.methods:
+            return False
+        return self._regex.match(path) is not None  # type: ignore[attr-defined]
+
+    def upstream_for(self, key: str) -> str:
+        """The upstream a request with canary ``key`` goes to (the primary one)."""
+        if self.mode == "service":
+            return self.service
+        if self.mode == "canary" and bucket(self.name, key) < self.percent:
+            return self.service
+        return MONOLITH
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """``/billing/invoices/{id}`` matches one segment per ``{...}``; a trailing
+    ``/**`` matches the path itself and anything below it."""
+    if not pattern.startswith("/"):
+        raise ValueError(f"a route pattern starts with '/': {pattern!r}")
+    tail = ""
+    if pattern.endswith("/**"):
+        pattern, tail = pattern[:-3], "(?:/.*)?"
+    parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", pattern)
+    body = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(f"^{body}{tail}/?$")
+
+
+class RouteTable:
+    """An immutable snapshot of the routes at one revision; first match wins."""
+
+    def __init__(self, routes: Iterable[Route], revision: int) -> None:
+        self.routes = tuple(routes)
+        self.revision = revision
+        self.by_name = {route.name: route for route in self.routes}
+
+    def match(self, method: str, path: str) -> Route | None:
+        for route in self.routes:
+            if route.matches(method, path):
+                return route
+        return None
+
+
+# --- paths -----------------------------------------------------------------
+
+_FORBIDDEN_DECODED = re.compile(rb"[\x00-\x1f\x7f\\]")
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Characters kept literal when the normalised path is re-encoded for upstreams.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def normalise_path(raw: str) -> str:
+    """The path a route is matched on and the upstream is sent, from the raw one.
+
+    Percent-escapes are decoded once, dot segments removed and repeated slashes
+    collapsed, so ``/users/../billing``, ``/%2e%2e/billing`` and ``//billing``
+    all become ``/billing`` (or are refused): a route can only be reached by a
+    path that, written plainly, would reach it too. An encoded slash or
+    backslash is refused because upstreams disagree on what it means.
+    """
+    if not raw.startswith("/"):
+        raise BadPath("the path must start with '/'")
+    if _PERCENT.search(raw):
+        raise BadPath("malformed percent-encoding")
+    lowered = raw.lower()
+    if "%2f" in lowered or "%5c" in lowered:
+        raise BadPath("encoded slashes are not accepted")
+    decoded = unquote_to_bytes(raw)
+    if _FORBIDDEN_DECODED.search(decoded):
+        raise BadPath("control characters or backslashes in the path")
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadPath("the path is not UTF-8") from exc
+    segments: list[str] = []
+    for segment in text.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not segments:
+                raise BadPath("the path climbs above the root")
+            segments.pop()
+            continue
+        segments.append(segment)
+    trailing = "/" if text.endswith("/") and segments else ""
+    return quote("/" + "/".join(segments) + trailing, safe=_PATH_SAFE)
+
+
+# --- canary ----------------------------------------------------------------
+
+
+def bucket(route_name: str, key: str) -> int:
+    """A stable bucket 0..99 for ``key`` on this route.
+
+    sha256, not ``hash()``: the bucket must be the same in every worker and
+    after every restart. A caller goes to the service when its bucket is below
+    the percent, so raising the percent only ever moves callers towards it.
+    """
+    digest = hashlib.sha256(f"{route_name}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+# --- shadow comparison -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    equal: bool
+    diff: list[str]
+
+
+def compare(
+    primary_status: int,
+    primary_body: bytes,
+    shadow_status: int,
+    shadow_body: bytes,
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+) -> Comparison:
+    """Compare two responses: the status, then the JSON bodies without the
+    volatile fields named by ``ignore`` (key-name globs, at any depth)."""
+    diff: list[str] = []
+    if primary_status != shadow_status:
+        diff.append(f"status: {primary_status} != {shadow_status}")
+    patterns = tuple(ignore)
+    left, right = _json_or_bytes(primary_body), _json_or_bytes(shadow_body)
+    _diff(left, right, "$", patterns, diff)
+    return Comparison(equal=not diff, diff=diff)
+
+
+def _json_or_bytes(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+_MAX_DIFF_LINES = 50
+
+
+def _diff(left: Any, right: Any, at: str, ignore: tuple[str, ...], out: list[str]) -> None:
+    if len(out) >= _MAX_DIFF_LINES:
+        return
+    if isinstance(left, dict) and isinstance(right, dict):
+        for key in sorted(set(left) | set(right)):
+            if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
+                continue
+            if key not in right:
+                out.append(f"{at}.{key}: only in monolith")
+            elif key not in left:
+                out.append(f"{at}.{key}: only in service")
+            else:
+                _diff(left[key], right[key], f"{at}.{key}", ignore, out)
+    elif isinstance(left, list) and isinstance(right, list):
+        if len(left) != len(right):
+            out.append(f"{at}: {len(left)} items != {len(right)} items")
+        for index, (a, b) in enumerate(zip(left, right, strict=False)):
+            _diff(a, b, f"{at}[{index}]", ignore, out)
+    elif left != right:
+        out.append(f"{at}: {_short(left)} != {_short(right)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- auto-demotion ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DemotionPolicy:
+    error_rate: float = 0.5
+    mismatch_rate: float = 0.5
+    min_requests: int = 20
+    window_seconds: float = 30.0
+
+
+def demotion_reason(
+    route: Route,
+    *,
+    service_requests: int,
+    service_errors: int,
+    shadows: int,
+    mismatches: int,
+    policy: DemotionPolicy,
+) -> str | None:
+    """Why ``route`` must go back to the monolith given its window, or None."""
+    if route.mode in ("canary", "service") and service_requests >= policy.min_requests:
+        rate = service_errors / service_requests
+        if rate >= policy.error_rate:
+            return f"auto-demotion: 5xx rate {rate:.2f} over {service_requests} requests"
+    if route.mode == "shadow" and shadows >= policy.min_requests:
+        rate = mismatches / shadows
+        if rate >= policy.mismatch_rate:
+            return f"auto-demotion: shadow mismatch rate {rate:.2f} over {shadows} requests"
+    return None
+
+
+# --- circuit breaker -------------------------------------------------------
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class Breaker:
+    """Per upstream: opens after ``threshold`` failures in a row, lets one
+    trial request through after ``cooldown`` seconds (half-open), and closes
+    again when that trial succeeds."""
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return CLOSED
+        if self._clock() - self._opened_at >= self.cooldown:
+            return HALF_OPEN
+        return OPEN
+
+    def allow(self) -> bool:
+        """May a request go to the upstream now?"""
+        with self._lock:
+            state = self.state
+            if state == CLOSED:
+                return True
+            if state == HALF_OPEN and not self._trial_running:
+                self._trial_running = True
+                return True
+            return False
+
+    def retry_after(self) -> int:
+        if self._opened_at is None:
+            return 0
+        return max(1, round(self.cooldown - (self._clock() - self._opened_at)))
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None
+            self._trial_running = False
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._trial_running or self._failures >= self.threshold:
+                self._opened_at = self._clock()
+            self._trial_running = False

@@ -1,0 +1,280 @@
+"""All SQL of the route table: load, seed, change with optimistic locking and
+an audit entry, shadow mismatches and the traffic window."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from servicekit.db import reader, utcnow
+from servicekit.errors import Conflict, NotFound, RuleViolated
+from strangler_proxy import orm
+from strangler_proxy.domain import DEFAULT_IGNORE, MODES, Route, RouteTable
+
+__all__ = ["RouteStore", "StaleRevision", "load_route_file", "validate_change"]
+
+SEED_ACTOR = "seed"
+
+
+class StaleRevision(Conflict):
+    code = "stale_revision"
+
+
+def validate_change(mode: str, percent: int | None) -> int:
+    """The percent a change will store; refuses a bad mode or percent."""
+    if mode not in MODES:
+        raise RuleViolated(f"mode must be one of {', '.join(MODES)}", mode=[mode])
+    if mode == "canary":
+        if percent is None or not 0 <= percent <= 100:
+            raise RuleViolated("a canary needs a percent from 0 to 100", percent=[percent])
+        return percent
+    if percent not in (None, 0, 100):
+        raise RuleViolated(f"a percent is only given for a canary, not {mode}")
+    return 100 if mode == "service" else 0
+
+
+def load_route_file(path: str | Path) -> list[Route]:
+    """Routes declared in the repo (TOML, ``[[route]]`` tables), in match order."""
+    with open(path, "rb") as handle:
+        declared = tomllib.load(handle).get("route", [])
+    routes = []
+    for item in declared:
+        mode = item.get("mode", "monolith")
+        routes.append(
+            Route(
+                name=item["name"],
+                pattern=item["pattern"],
+                methods=frozenset(m.upper() for m in item.get("methods", ["*"])),
+                owner=item["owner"],
+                service=item["service"],
+                mode=mode,
+                percent=validate_change(mode, item.get("percent")),
+                fallback=bool(item.get("fallback", True)),
+                ignore=tuple(item.get("ignore", DEFAULT_IGNORE)),
+            )
+        )
+    return routes
+
+
+def as_dict(route: Route) -> dict[str, Any]:
+    return {
+        "name": route.name,
+        "pattern": route.pattern,
+        "methods": sorted(route.methods),
+        "owner": route.owner,
+        "service": route.service,
+        "mode": route.mode,
+        "percent": route.percent,
+        "fallback": route.fallback,
+        "ignore": list(route.ignore),
+        "revision": route.revision,
+    }
+
+
+class RouteStore:
+    """The route table in its database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._reader = reader(engine)
+
+    # --- the table ---------------------------------------------------------
+
+    def seed(self, routes: Iterable[Route]) -> bool:
+        """Fill an empty table on first start; False when it was already there."""
+        try:
+            return self._seed(list(routes))
+        except sa.exc.IntegrityError:
+            return False  # another worker seeded it at the same moment
+
+    def _seed(self, routes: list[Route]) -> bool:
+        now = utcnow()
+        with self.engine.begin() as connection:
+            if connection.execute(sa.select(orm.state.c.revision)).first() is not None:
+                return False
+            connection.execute(orm.state.insert().values(id=1, revision=1))
+            for position, route in enumerate(routes):
+                row = {**as_dict(route), "revision": 1}
+                connection.execute(
+                    orm.routes.insert().values(
+                        **{**row, "methods": ",".join(row["methods"])},
+                        position=position,
+                        updated_at=now,
+                        updated_by=SEED_ACTOR,
+                    )
+                )
+                connection.execute(
+                    orm.audit.insert().values(
+                        route=route.name,
+                        revision=1,
+                        actor=SEED_ACTOR,
+                        at=now,
+                        before=None,
+                        after=_audited(row),
+                        reason="seeded from the route file",
+                    )
+                )
+        return True
+
+    def revision(self) -> int:
+        with self._reader.connect() as connection:
+            return int(
+                connection.execute(sa.select(orm.state.c.revision)).scalar_one_or_none() or 0
+            )
+
+    def load(self) -> RouteTable:
+        with self._reader.begin() as connection:
+            revision = connection.execute(sa.select(orm.state.c.revision)).scalar_one_or_none()
+            rows = connection.execute(sa.select(orm.routes).order_by(orm.routes.c.position)).all()
+        return RouteTable((_route(row._mapping) for row in rows), int(revision or 0))
+
+    def change(
+        self,
+        name: str,
+        *,
+        mode: str,
+        percent: int | None,
+        expected_revision: int,
+        actor: str,
+        reason: str,
+    ) -> Route:
+        """Set a route's mode; refused when ``expected_revision`` is not the
+        route's current one (someone changed it since the caller looked)."""
+        stored_percent = validate_change(mode, percent)
+        if not reason.strip():
+            raise RuleViolated("a change needs a reason", reason=["required"])
+        with self.engine.begin() as connection:
+            row = connection.execute(sa.select(orm.routes).where(orm.routes.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"no route named {name!r}")
+            before = _route(row._mapping)
+            if before.revision != expected_revision:
+                raise StaleRevision(
+                    f"route {name!r} is at revision {before.revision}, "
+                    f"not {expected_revision}: look again and retry",
+                    current_revision=before.revision,
+                )
+            revision = int(
+                connection.execute(
+                    orm.state.update()
+                    .values(revision=orm.state.c.revision + 1)
+                    .returning(orm.state.c.revision)
+                ).scalar_one()
+            )
+            changed = connection.execute(
+                orm.routes.update()
+                .where(orm.routes.c.name == name, orm.routes.c.revision == expected_revision)
+                .values(
+                    mode=mode,
+                    percent=stored_percent,
+                    revision=revision,
+                    updated_at=utcnow(),
+                    updated_by=actor,
+                )
+            ).rowcount
+            if changed != 1:  # someone else won between our read and our write
+                raise StaleRevision(f"route {name!r} changed concurrently: look again and retry")
+            after = dataclasses.replace(
+                before, mode=mode, percent=stored_percent, revision=revision
+            )
+            connection.execute(
+                orm.audit.insert().values(
+                    route=name,
+                    revision=revision,
+                    actor=actor,
+                    at=utcnow(),
+                    before=_audited(as_dict(before)),
+                    after=_audited(as_dict(after)),
+                    reason=reason,
+                )
+            )
+        return after
+
+    def history(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        query = (
+            sa.select(orm.audit)
+            .where(orm.audit.c.route == name)
+            .order_by(orm.audit.c.id.desc())
+            .limit(limit)
+        )
+        with self._reader.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # --- shadow mismatches ---------------------------------------------------
+
+    def record_mismatch(self, **values: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(orm.mismatches.insert().values(at=utcnow(), **values))
+
+    def mismatches(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        query = (
+            sa.select(orm.mismatches)
+            .where(orm.mismatches.c.route == name)
+            .order_by(orm.mismatches.c.id.desc())
+            .limit(limit)
+        )
+        with self._reader.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # --- traffic -------------------------------------------------------------
+
+    def add_traffic(self, worker: str, counts: Mapping[str, Mapping[str, int]]) -> None:
+        now = utcnow()
+        rows = [{"route": route, "worker": worker, "at": now, **c} for route, c in counts.items()]
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(orm.traffic.insert(), rows)
+
+    def traffic_since(
+        self, since: dt.datetime, route: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        t = orm.traffic.c
+        columns = (
+            "requests",
+            "errors",
+            "service_requests",
+            "service_errors",
+            "shadows",
+            "mismatches",
+        )
+        query = (
+            sa.select(t.route, *(sa.func.sum(t[c]).label(c) for c in columns))
+            .where(t.at >= since, *([t.route == route] if route else []))
+            .group_by(t.route)
+        )
+        with self._reader.connect() as connection:
+            return {
+                row.route: {c: int(getattr(row, c) or 0) for c in columns}
+                for row in connection.execute(query)
+            }
+
+    def forget_traffic(self, before: dt.datetime) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(orm.traffic.delete().where(orm.traffic.c.at < before))
+
+
+def _audited(route: Any) -> dict[str, Any]:
+    return {key: route[key] for key in ("mode", "percent", "revision")}
+
+
+def _route(row: Any) -> Route:
+    return Route(
+        name=row["name"],
+        pattern=row["pattern"],
+        methods=frozenset(filter(None, row["methods"].split(","))),
+        owner=row["owner"],
+        service=row["service"],
+        mode=row["mode"],
+        percent=row["percent"],
+        fallback=row["fallback"],
+        ignore=tuple(row["ignore"]),
+        revision=row["revision"],
+        changed_at=row["updated_at"],
+    )

@@ -1,0 +1,196 @@
+"""The monolith and the billing service as `make run` serves them, for tests.
+
+Each deployable gets its own SQLite file, built by its own migrations, and
+its own gunicorn on 127.0.0.1; relays run as the Procfile runs them. Every
+process is stopped by PID when the deployment is (tests/support/processes.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.databases import migrate
+from tests.support.processes import BIN, Process, Server, free_port, poll
+
+#: Both deployables trust this key in tests (never the development default).
+TEST_KEYS = "test:integration-test-secret"
+#: Short waits, so that a test about recovery does not wait out production backoff.
+FAST_RECOVERY = {
+    "BILLING_SERVICE_RELAY_POLL_SECONDS": "0.05",
+    "BILLING_SERVICE_EVENTS_BREAKER_RESET": "0.5",
+    "BILLING_SERVICE_EVENTS_BACKOFF_MAX_SECONDS": "0.5",
+    "MONOLITH_RELAY_POLL_SECONDS": "0.05",
+}
+
+
+class Deployment:
+    """The monolith, optionally the billing service and its relay, on loopback."""
+
+    def __init__(
+        self, directory: Path, *, billing_adapter: str, with_service: bool, relays: bool = True
+    ) -> None:
+        self.directory = directory
+        self.logs = directory / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.monolith_port = free_port()
+        self.service_port = free_port()
+        self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
+        self.service_url = f"http://127.0.0.1:{self.service_port}"
+        self.monolith_db = f"sqlite:///{directory / 'monolith.db'}"
+        self.service_db_path = directory / "billing_service.db"
+        self.service_db = f"sqlite:///{self.service_db_path}"
+        migrate("monolith", self.monolith_db)
+        self.monolith_env = {
+            "MONOLITH_DATABASE_URL": self.monolith_db,
+            "MONOLITH_INTERNAL_KEYS": TEST_KEYS,
+            "MONOLITH_BILLING_ADAPTER": billing_adapter,
+            "MONOLITH_BILLING_SERVICE_URL": self.service_url,
+            **FAST_RECOVERY,
+        }
+        self.service_env = {
+            "BILLING_SERVICE_DATABASE_URL": self.service_db,
+            "BILLING_SERVICE_USERS_URL": self.monolith_url,
+            "BILLING_SERVICE_EVENTS_URL": self.monolith_url,
+            "BILLING_SERVICE_INTERNAL_KEYS": TEST_KEYS,
+            **FAST_RECOVERY,
+        }
+        #: The current process of each role; ``started`` also keeps the replaced ones.
+        self.processes: dict[str, Process] = {}
+        self.started: list[Process] = []
+        self._starts = 0
+        if with_service:
+            migrate("billing_service", self.service_db)
+        try:
+            # Started together, then waited for: start-up is most of a test's time.
+            servers = [self.start_monolith(wait=False)]
+            if with_service:
+                servers.append(self.start_service(wait=False))
+            if relays:
+                self.start_monolith_relay()
+                if with_service:
+                    self.start_service_relay()
+            for server in servers:
+                server.wait_until_healthy()
+        except BaseException:
+            self.stop()  # never leave a process behind
+            raise
+
+    # -- processes -------------------------------------------------------------
+
+    def _name(self, role: str) -> str:
+        self._starts += 1
+        return f"{role}-{self._starts}"
+
+    def _keep(self, role: str, process: Process) -> None:
+        self.processes[role] = process
+        self.started.append(process)
+
+    def _gunicorn(self, role: str, app: str, env: dict[str, str], port: int, wait: bool) -> Server:
+        # The argv of tests.support.processes.gunicorn, which always waits.
+        argv = [str(BIN / "gunicorn"), "--config", "python:servicekit.gunicorn_conf"]
+        argv += ["--bind", f"127.0.0.1:{port}", "--workers", "2", app]
+        server = Server(self._name(role), argv, env, self.logs, port)
+        if wait:
+            server.wait_until_healthy()
+        return server
+
+    def start_monolith(self, *, wait: bool = True) -> Server:
+        server = self._gunicorn(
+            "monolith", "monolith.wsgi:app", self.monolith_env, self.monolith_port, wait
+        )
+        self._keep("monolith", server)
+        return server
+
+    def start_service(self, *, wait: bool = True) -> Server:
+        server = self._gunicorn(
+            "billing-service",
+            "extracted.billing_service.wsgi:app",
+            self.service_env,
+            self.service_port,
+            wait,
+        )
+        self._keep("service", server)
+        return server
+
+    def start_service_relay(self) -> Process:
+        relay = Process(
+            self._name("billing-relay"),
+            [str(BIN / "flask"), "--app", "extracted.billing_service.wsgi", "events", "relay"],
+            self.service_env,
+            self.logs,
+        )
+        self._keep("service-relay", relay)
+        return relay
+
+    def start_monolith_relay(self) -> Process:
+        relay = Process(
+            self._name("monolith-relay"),
+            [str(BIN / "flask"), "--app", "monolith.wsgi", "events", "relay"],
+            self.monolith_env,
+            self.logs,
+        )
+        self._keep("monolith-relay", relay)
+        return relay
+
+    def stop(self) -> None:
+        # SIGTERM to all first, then wait for each: they shut down in parallel.
+        for process in self.started:
+            if process.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.started:
+            process.stop()
+
+    def logs_text(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+
+@contextlib.contextmanager
+def deployed(
+    directory: Path, *, billing_adapter: str, with_service: bool, relays: bool = True
+) -> Iterator[Deployment]:
+    deployment = Deployment(
+        directory, billing_adapter=billing_adapter, with_service=with_service, relays=relays
+    )
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+# -- the APIs, in a few verbs ----------------------------------------------------
+
+
+def created(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 201, (response.status_code, response.text)
+    return response.json()
+
+
+def answered(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.text)
+    return response.json()
+
+
+def kinds_of(monolith: httpx.Client, user_id: str) -> list[str]:
+    notifications = answered(
+        monolith.get("/notifications", params={"user_id": user_id, "page_size": 100})
+    )
+    return [n["kind"] for n in notifications]
+
+
+def wait_for_kinds(monolith: httpx.Client, user_id: str, expected: list[str]) -> None:
+    poll(
+        lambda: kinds_of(monolith, user_id) == expected,
+        timeout=15,
+        message=f"notifications of {user_id} never became {expected}",
+    )

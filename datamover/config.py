@@ -1,0 +1,47 @@
+"""The mover's settings: named defaults, then ``MOVER_*`` environment
+variables, then the mapping given to ``create_app`` (tests use that)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ENV_PREFIX = "MOVER"
+#: The two databases of the billing move: the monolith's and the service's.
+DEFAULT_SOURCE_FILE = os.path.join("var", "monolith.db")
+DEFAULT_TARGET_FILE = os.path.join("var", "billing_service.db")
+#: Rows per backfill chunk: one short transaction on the target each.
+DEFAULT_CHUNK_ROWS = 5_000
+#: Captured changes applied per turn of the loop.
+DEFAULT_APPLY_BATCH = 500
+#: How often an idle loop looks for new changes.
+DEFAULT_POLL_SECONDS = 0.05
+#: Sleep this many times a chunk's duration after it: the backfill's throttle.
+DEFAULT_NICE = 0.1
+#: A mover that stops renewing its lease for this long is presumed dead.
+DEFAULT_LEASE_SECONDS = 10.0
+#: A running move is verified again this often (and on demand).
+DEFAULT_VERIFY_EVERY_SECONDS = 300.0
+DEFAULT_VERIFY_RANGE_ROWS = 10_000
+
+
+def _sqlite(path: str) -> str:
+    # Relative to the working directory, which `make run` sets to the project root.
+    return "sqlite:///" + os.path.abspath(path)
+
+
+def defaults() -> dict[str, Any]:
+    return {
+        "SOURCE_URL": _sqlite(DEFAULT_SOURCE_FILE),
+        "TARGET_URL": _sqlite(DEFAULT_TARGET_FILE),
+        "CHUNK_ROWS": DEFAULT_CHUNK_ROWS,
+        "APPLY_BATCH": DEFAULT_APPLY_BATCH,
+        "POLL_SECONDS": DEFAULT_POLL_SECONDS,
+        "NICE": DEFAULT_NICE,
+        "LEASE_SECONDS": DEFAULT_LEASE_SECONDS,
+        "VERIFY_EVERY_SECONDS": DEFAULT_VERIFY_EVERY_SECONDS,
+        "VERIFY_RANGE_ROWS": DEFAULT_VERIFY_RANGE_ROWS,
+        # "k2:secret,k1:old-secret": commands must be signed by one of these
+        # (the proxy signs them). Empty means the development key, with a warning.
+        "INTERNAL_KEYS": "",
+    }

@@ -1,0 +1,457 @@
+"""One move, running: backfill and capture interleaved on one thread,
+verification on another.
+
+Why one thread for copying and applying: every write to the target is the
+source's *current* row, read just before it is written. With a single writer
+those reads happen in time order, so a later write never carries an older
+image than an earlier one — the property DBLog gets from watermarks and
+Ghostferry from binlog positions, here without either. A row that changes
+after its chunk was read has a change waiting in ``strangler_changes``, which
+the next turn of the loop applies.
+
+The loop, each turn: apply a batch of captured changes; copy one chunk of the
+backfill (while there is one), committing the checkpoint with it; sleep
+``nice`` times the chunk's duration. After the last chunk the move is
+``streaming`` and the first verification starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from datamover import state as phases
+from datamover.dialects import CHANGES_TABLE, Key, dialect_for
+from datamover.metrics import Metrics
+from datamover.moves import Move
+from datamover.schema import SchemaMismatch, TableSpec, matching_tables
+from datamover.state import DONE, LeaseHeld, MoveState, StateStore
+from datamover.verify import Verifier
+from servicekit.errors import Conflict
+
+__all__ = ["MoveRunner", "Refused", "Tuning"]
+
+logger = logging.getLogger(__name__)
+
+
+class Refused(Conflict):
+    """A command that cannot be carried out as asked (the message says why)."""
+
+    code = "move_refused"
+
+
+class Tuning:
+    """How hard the mover works; every default has a name in datamover.config."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.chunk_rows = int(settings["CHUNK_ROWS"])
+        self.apply_batch = int(settings["APPLY_BATCH"])
+        self.poll = float(settings["POLL_SECONDS"])
+        self.nice = float(settings["NICE"])
+        self.lease = float(settings["LEASE_SECONDS"])
+        self.verify_every = float(settings["VERIFY_EVERY_SECONDS"])
+        self.verify_range_rows = int(settings["VERIFY_RANGE_ROWS"])
+
+
+class MoveRunner:
+    def __init__(
+        self, move: Move, source_url: str, target_url: str, tuning: Tuning, metrics: Metrics
+    ) -> None:
+        self.move = move
+        self.tuning = tuning
+        self.metrics = metrics
+        self.dialect = dialect_for(source_url, target_url)
+        self.source = self.dialect.source_engine(source_url)
+        self.target = self.dialect.target_engine(target_url, source_url)
+        self.readers = (
+            self.dialect.reader_engine(source_url),
+            self.dialect.reader_engine(target_url),
+        )
+        self.store = StateStore(self.target, move.name)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.sides = (move.source_side, move.target_side)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._specs: list[TableSpec] = []
+        self._verifying = threading.Lock()
+        self._verify_requested = threading.Event()
+        self._drained_at = 0.0
+        self._drained = threading.Condition()
+        self._oldest_pending: float | None = None
+        self._rate = 0.0
+        self._waiting_for: str | None = None
+        self._lease_renewed = 0.0
+
+    # --- commands ----------------------------------------------------------------
+
+    def start(self, *, replace: bool = False) -> dict[str, Any]:
+        """Begin (or resume) the backfill and capture; idempotent while running."""
+        with self._lock:
+            if self.running:
+                return self.status()
+            specs = self._check_schema()
+            self.store.acquire(self.holder, self.tuning.lease)
+            state = self.store.load()
+            if state.phase not in phases.RUNNING_PHASES:
+                if state.phase == phases.IDLE and not replace:
+                    self._refuse_a_foreign_target(specs)
+                self._install_capture(specs)
+                with self.source.connect() as source:
+                    total = sum(self.dialect.count(source, spec) for spec in specs)
+                self.store.update(
+                    phase=phases.BACKFILL,
+                    cursors={},
+                    rows_copied=0,
+                    rows_total=total,
+                    started_at=time.time(),
+                    backfilled_at=None,
+                    error=None,
+                )
+                logger.info(
+                    "move %s: capture installed, backfill of %s rows begins", self.move.name, total
+                )
+            self._launch(specs)
+            return self.status()
+
+    def resume(self) -> None:
+        """After a restart: carry on with a move that was running (no command needed)."""
+        state = self.store.load()
+        if state.phase in phases.RUNNING_PHASES:
+            with self._lock:
+                if not self.running:
+                    logger.info(
+                        "move %s: resuming %s from its checkpoint", self.move.name, state.phase
+                    )
+                    self._launch(self._check_schema())
+
+    def stop(self) -> dict[str, Any]:
+        """Stop capturing: the copy stops following the source (a restart re-copies)."""
+        with self._lock:
+            # Only the lease holder may take capture away from under a move.
+            self.store.acquire(self.holder, self.tuning.lease)
+            self._halt()
+            specs = self._specs or self._check_schema()
+            with self.source.begin() as source:
+                self.dialect.remove_capture(source, specs)
+            self.store.update(phase=phases.STOPPED)
+            self.store.release(self.holder)
+            logger.info("move %s stopped; capture removed", self.move.name)
+            return self.status()
+
+    def request_verification(self) -> float:
+        """Ask for a verification; returns the time from which its verdict counts."""
+        if not self.running:
+            raise Refused(
+                f"move {self.move.name} is not running: start it with "
+                f"`strangler data start {self.move.name}`"
+            )
+        requested = time.time()
+        self._verify_requested.set()
+        return requested
+
+    def close(self) -> None:
+        self._halt()
+        for engine in (self.source, self.target, *self.readers):
+            engine.dispose()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- status ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        state = self.store.load()
+        verdict = state.verdict
+        lag = None
+        if state.phase in phases.RUNNING_PHASES:
+            lag = (
+                0.0
+                if self._oldest_pending is None
+                else max(0.0, time.time() - self._oldest_pending)
+            )
+            if not self.running:
+                lag = None  # nobody is applying changes here: the lag is unknown
+        remaining = max(0, state.rows_total - state.rows_copied)
+        status = {
+            "move": self.move.name,
+            "phase": state.phase,
+            "sides": list(self.sides),
+            "running": self.running,
+            "rows_copied": state.rows_copied,
+            "rows_total": state.rows_total,
+            "tables": {
+                spec.name: "done" if state.cursor(spec.name) == DONE else "copying"
+                for spec in self._specs
+            },
+            "rate_rows_per_second": round(self._rate, 1),
+            "eta_seconds": round(remaining / self._rate, 1)
+            if state.phase == phases.BACKFILL and self._rate > 0
+            else None,
+            "lag_seconds": None if lag is None else round(lag, 3),
+            "verifying": self._verifying.locked() or self._verify_requested.is_set(),
+            "verdict": verdict,
+            "holder": state.holder,
+            "waiting_for_lease": self._waiting_for,
+            "error": state.error,
+        }
+        self._export(status)
+        return status
+
+    def _export(self, status: dict[str, Any]) -> None:
+        name = self.move.name
+        m = self.metrics
+        m.lag.labels(name).set(status["lag_seconds"] or 0.0)
+        m.rows_copied.labels(name).set(status["rows_copied"])
+        m.rows_total.labels(name).set(status["rows_total"])
+        verdict = status["verdict"]
+        m.verdict.labels(name).set(-1 if verdict is None else int(verdict["clean"]))
+        m.rows_diverged.labels(name).set(
+            0 if verdict is None else len(verdict["diverged"]) + len(verdict["unsettled"])
+        )
+        for phase in (
+            phases.IDLE,
+            phases.BACKFILL,
+            phases.STREAMING,
+            phases.STOPPED,
+            phases.FAILED,
+        ):
+            m.phase.labels(name, phase).set(int(phase == status["phase"]))
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _launch(self, specs: list[TableSpec]) -> None:
+        self._specs = specs
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"move-{self.move.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    def _run(self) -> None:
+        try:
+            self._take_lease()
+            state = self.store.load()
+            if state.phase == phases.STREAMING and state.verdict is None:
+                self._verify_requested.set()
+            last_verified = time.time()
+            while not self._stop.is_set():
+                self._renew_lease()
+                applied = self._apply_changes()
+                state = self.store.load()
+                if state.phase == phases.BACKFILL:
+                    started = time.monotonic()
+                    if self._copy_next_chunk(state):
+                        self.store.update(phase=phases.STREAMING, backfilled_at=time.time())
+                        logger.info("move %s: backfill complete, streaming changes", self.move.name)
+                        self._verify_requested.set()
+                    elif self.tuning.nice:
+                        self._stop.wait(self.tuning.nice * (time.monotonic() - started))
+                elif applied == 0:
+                    self._stop.wait(self.tuning.poll)
+                if time.time() - last_verified > self.tuning.verify_every:
+                    self._verify_requested.set()
+                if self._verify_requested.is_set() and not self._verifying.locked():
+                    self._verify_requested.clear()
+                    last_verified = time.time()
+                    threading.Thread(
+                        target=self._verify, name=f"verify-{self.move.name}", daemon=True
+                    ).start()
+        except Exception as exc:
+            if self._stop.is_set():
+                return
+            logger.exception("move %s failed", self.move.name)
+            self.store.update(phase=phases.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def _take_lease(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.acquire(self.holder, self.tuning.lease)
+                self._lease_renewed = time.monotonic()
+                self._waiting_for = None
+                return
+            except LeaseHeld as held:
+                if self._waiting_for != held.holder:
+                    logger.warning("move %s: %s; waiting for it to end", self.move.name, held)
+                self._waiting_for = held.holder
+                self._stop.wait(self.tuning.lease / 2)
+
+    def _renew_lease(self) -> None:
+        if time.monotonic() - self._lease_renewed > self.tuning.lease / 3:
+            self.store.acquire(self.holder, self.tuning.lease)
+            self._lease_renewed = time.monotonic()
+
+    # --- capture -----------------------------------------------------------------
+
+    def _check_schema(self) -> list[TableSpec]:
+        try:
+            return matching_tables(self.source, self.target, self.move.tables, sides=self.sides)
+        except SchemaMismatch as mismatch:
+            self.store.update(phase=phases.FAILED, error=str(mismatch))
+            raise Refused(f"move {self.move.name} cannot run: {mismatch}") from mismatch
+
+    def _refuse_a_foreign_target(self, specs: list[TableSpec]) -> None:
+        with self.target.connect() as target:
+            held = {spec.name: self.dialect.count(target, spec) for spec in specs}
+        if any(held.values()):
+            rows = ", ".join(f"{name} {count}" for name, count in held.items() if count)
+            raise Refused(
+                f"the {self.sides[1]}'s database already holds rows ({rows}) that this move did "
+                f"not copy; the copy would replace them with the {self.sides[0]}'s. "
+                f"To do that, start with --replace"
+            )
+
+    def _install_capture(self, specs: list[TableSpec]) -> None:
+        # Before the first chunk is read: no change can fall between copy and capture.
+        with self.source.begin() as source:
+            self.dialect.install_capture(source, specs)
+
+    def _apply_changes(self) -> int:
+        limit = self.tuning.apply_batch
+        read_at = time.time()
+        with self.source.connect() as source:
+            rows = source.exec_driver_sql(
+                f"SELECT seq, tbl, pk, at FROM {CHANGES_TABLE} ORDER BY seq LIMIT {limit}"
+            ).all()
+        if not rows:
+            self._oldest_pending = None
+            self._mark_drained(read_at)
+            return 0
+        self._oldest_pending = min(row.at for row in rows)
+        latest: OrderedDict[tuple[str, str], int] = OrderedDict()
+        for row in rows:  # a key changed twice is applied once, at its last place
+            latest.pop((row.tbl, row.pk), None)
+            latest[(row.tbl, row.pk)] = row.seq
+        by_table: dict[str, list[Key]] = {}
+        for table, key_text in latest:
+            by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
+        specs = {spec.name: spec for spec in self._specs}
+        try:
+            with self.target.begin() as target, self.source.connect() as source:
+                for table, keys in by_table.items():
+                    self.dialect.apply_keys(target, source, specs[table], keys)
+        except IntegrityError:
+            # Two changes that only work in their order (a row freeing a unique
+            # value another one takes): apply them one by one, as they happened.
+            for table, key_text in latest:
+                with self.target.begin() as target, self.source.connect() as source:
+                    self.dialect.apply_keys(
+                        target, source, specs[table], [tuple(json.loads(key_text))]
+                    )
+        applied_at = time.time()
+        with self.source.begin() as source:
+            seqs = ", ".join(str(row.seq) for row in rows)
+            source.exec_driver_sql(f"DELETE FROM {CHANGES_TABLE} WHERE seq IN ({seqs})")
+        histogram = self.metrics.apply_lag.labels(self.move.name)
+        for row in rows:
+            histogram.observe(max(0.0, applied_at - row.at))
+        self.metrics.changes.labels(self.move.name).inc(len(rows))
+        if len(rows) < limit:
+            self._mark_drained(read_at)
+        return len(rows)
+
+    def _mark_drained(self, read_at: float) -> None:
+        with self._drained:
+            self._drained_at = max(self._drained_at, read_at)
+            self._drained.notify_all()
+
+    def wait_for_capture(self, moment: float, timeout: float = 30.0) -> bool:
+        """Block until every change committed before ``moment`` is in the target."""
+        deadline = time.monotonic() + timeout
+        with self._drained:
+            while self._drained_at <= moment:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.running:
+                    return False
+                self._drained.wait(min(remaining, 0.5))
+        return True
+
+    # --- backfill ----------------------------------------------------------------
+
+    def _copy_next_chunk(self, state: MoveState) -> bool:
+        """Copy one chunk; True when the whole backfill is done."""
+        spec = next((s for s in self._specs if state.cursor(s.name) != DONE), None)
+        if spec is None:
+            return True
+        lo = state.cursor(spec.name)
+        assert lo != DONE
+        lo_key = lo if isinstance(lo, tuple) else None
+        started = time.monotonic()
+        with self.source.connect() as source:
+            hi = self.dialect.key_after(source, spec, lo_key, self.tuning.chunk_rows)
+        try:
+            copied = self._copy(spec, state, lo_key, hi)
+        except IntegrityError:
+            # The target still holds a row whose change is waiting (a subscription
+            # cancelled since it was copied, and its successor in this chunk):
+            # apply every waiting change, then copy the chunk again.
+            while self._apply_changes():
+                pass
+            copied = self._copy(spec, state, lo_key, hi)
+        elapsed = time.monotonic() - started
+        if elapsed > 0:
+            self._rate = (
+                0.7 * self._rate + 0.3 * (copied / elapsed) if self._rate else copied / elapsed
+            )
+        return False
+
+    def _copy(self, spec: TableSpec, state: MoveState, lo: Key | None, hi: Key | None) -> int:
+        cursors = dict(state.cursors)
+        cursors[spec.name] = DONE if hi is None else list(hi)
+        with self.target.begin() as target, self.source.connect() as source:
+            copied = self.dialect.copy_range(target, source, spec, lo, hi)
+            rows_copied = state.rows_copied + copied
+            # The checkpoint commits with the chunk: a kill never loses or repeats one.
+            self.store.update(target, cursors=cursors, rows_copied=rows_copied)
+        state.cursors, state.rows_copied = cursors, rows_copied
+        return copied
+
+    # --- verification ------------------------------------------------------------
+
+    def _verify(self) -> None:
+        with self._verifying:
+            try:
+                verdict = Verifier(
+                    self.dialect,
+                    *self.readers,
+                    self._specs,
+                    sides=self.sides,
+                    wait_for_capture=self.wait_for_capture,
+                    range_rows=self.tuning.verify_range_rows,
+                ).run()
+            except Exception as exc:
+                logger.exception("move %s: verification failed", self.move.name)
+                verdict = {
+                    "clean": False,
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "rows_checked": 0,
+                    "diverged": [],
+                    "unsettled": [],
+                }
+            self.store.update(verdict=verdict)
+            self.metrics.verified_at.labels(self.move.name).set(time.time())
+            logger.info(
+                "move %s verified: %s, %s rows checked, %s diverged, %s unsettled",
+                self.move.name,
+                "clean" if verdict["clean"] else "NOT clean",
+                verdict["rows_checked"],
+                len(verdict["diverged"]),
+                len(verdict["unsettled"]),
+            )

@@ -1,0 +1,155 @@
+"""The mover's own record of a move, kept in the target database: its phase,
+the backfill's checkpoint, the lease that keeps a second mover out, and the
+last verification's verdict.
+
+It lives in the target so that a chunk and the checkpoint that says it was
+copied commit in one transaction: after a kill, the backfill resumes exactly
+after the last chunk that landed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from datamover.dialects import Key
+from servicekit.errors import Conflict
+
+__all__ = ["DONE", "LeaseHeld", "MoveState", "StateStore", "moves_table"]
+
+#: A table's cursor once its backfill has finished.
+DONE = "done"
+
+IDLE, BACKFILL, STREAMING, STOPPED, FAILED = "idle", "backfill", "streaming", "stopped", "failed"
+RUNNING_PHASES = (BACKFILL, STREAMING)
+
+_metadata = sa.MetaData()
+moves_table = sa.Table(
+    "strangler_moves",
+    _metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("phase", sa.String(20), nullable=False),
+    sa.Column("cursors", sa.Text, nullable=False),
+    sa.Column("rows_copied", sa.BigInteger, nullable=False),
+    sa.Column("rows_total", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("backfilled_at", sa.Float, nullable=True),
+    sa.Column("holder", sa.String(200), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("verdict", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+
+class LeaseHeld(Conflict):
+    """Another mover runs this move on the same databases."""
+
+    code = "lease_held"
+
+    def __init__(self, holder: str, until: float) -> None:
+        super().__init__(
+            f"another mover holds this move: {holder} (lease until "
+            f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC); stop it first"
+        )
+        self.holder = holder
+
+
+@dataclasses.dataclass
+class MoveState:
+    name: str
+    phase: str = IDLE
+    cursors: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rows_copied: int = 0
+    rows_total: int = 0
+    started_at: float | None = None
+    backfilled_at: float | None = None
+    holder: str | None = None
+    lease_until: float | None = None
+    verdict: dict[str, Any] | None = None
+    error: str | None = None
+
+    def cursor(self, table: str) -> Key | str | None:
+        value = self.cursors.get(table)
+        if value is None or value == DONE:
+            return value
+        return tuple(value)
+
+
+class StateStore:
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self._name = name
+        _metadata.create_all(engine, checkfirst=True)
+
+    def load(self, connection: Connection | None = None) -> MoveState:
+        if connection is None:
+            with self._engine.connect() as fresh:
+                return self.load(fresh)
+        row = connection.execute(
+            sa.select(moves_table).where(moves_table.c.name == self._name)
+        ).first()
+        if row is None:
+            return MoveState(self._name)
+        values = dict(row._mapping)
+        values["cursors"] = json.loads(values["cursors"])
+        values["verdict"] = json.loads(values["verdict"]) if values["verdict"] else None
+        return MoveState(**values)
+
+    def _ensure_row(self, connection: Connection) -> None:
+        exists = connection.execute(
+            sa.select(moves_table.c.name).where(moves_table.c.name == self._name)
+        ).first()
+        if exists is None:
+            connection.execute(
+                moves_table.insert().values(
+                    name=self._name, phase=IDLE, cursors="{}", rows_copied=0, rows_total=0
+                )
+            )
+
+    def update(self, connection: Connection | None = None, **values: Any) -> None:
+        """Write fields of the state; inside ``connection``'s transaction when given."""
+        if connection is None:
+            with self._engine.begin() as fresh:
+                self.update(fresh, **values)
+                return
+        if "cursors" in values:
+            values["cursors"] = json.dumps(values["cursors"])
+        if "verdict" in values and values["verdict"] is not None:
+            values["verdict"] = json.dumps(values["verdict"])
+        self._ensure_row(connection)
+        connection.execute(
+            moves_table.update().where(moves_table.c.name == self._name).values(**values)
+        )
+
+    def acquire(self, holder: str, seconds: float) -> None:
+        """Take or renew the lease; :class:`LeaseHeld` while another live mover has it."""
+        now = time.time()
+        with self._engine.begin() as connection:
+            self._ensure_row(connection)
+            t = moves_table.c
+            taken = connection.execute(
+                moves_table.update()
+                .where(
+                    t.name == self._name,
+                    sa.or_(t.holder.is_(None), t.holder == holder, t.lease_until < now),
+                )
+                .values(holder=holder, lease_until=now + seconds)
+            ).rowcount
+            if taken != 1:
+                row = connection.execute(
+                    sa.select(t.holder, t.lease_until).where(t.name == self._name)
+                ).one()
+                raise LeaseHeld(row.holder, row.lease_until)
+
+    def release(self, holder: str) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                moves_table.update()
+                .where(moves_table.c.name == self._name, moves_table.c.holder == holder)
+                .values(holder=None, lease_until=None)
+            )

@@ -75,10 +75,9 @@ def runners_of(app: Flask) -> dict[str, MoveRunner]:
 
 
 def _runner(runners: dict[str, MoveRunner], name: str) -> MoveRunner:
-    runner = runners.get(name)
-    if runner is None:
+    if name not in runners:
         abort(404, message=f"no move named {name!r}; known: {', '.join(sorted(runners))}")
-    return runner
+    return runners[name]
 
 
 def _blueprints(runners: dict[str, MoveRunner], metrics: Metrics) -> tuple[Blueprint, Blueprint]:

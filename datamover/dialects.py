@@ -119,7 +119,8 @@ class Dialect(abc.ABC):
     def where_range(
         self, spec: TableSpec, lo: Key | None, hi: Key | None, prefix: str = ""
     ) -> tuple[str, list[Any]]:
-        parts, params = [], []
+        parts: list[str] = []
+        params: list[Any] = []
         marks = ", ".join([self.param] * len(spec.key))
         marks = marks if len(spec.key) == 1 else f"({marks})"
         if lo is not None:

@@ -72,10 +72,10 @@ class MoveRunner:
         self.dialect = dialect_for(source_url, target_url)
         self.source = self.dialect.source_engine(source_url)
         self.target = self.dialect.target_engine(target_url, source_url)
-        self.readers = (
-            self.dialect.reader_engine(source_url),
-            self.dialect.reader_engine(target_url),
-        )
+        # The source is written only to install capture and forget applied
+        # changes; everything else reads it in transactions that lock nothing.
+        self.source_reader = self.dialect.reader_engine(source_url)
+        self.readers = (self.source_reader, self.dialect.reader_engine(target_url))
         self.store = StateStore(self.target, move.name)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sides = (move.source_side, move.target_side)
@@ -97,16 +97,17 @@ class MoveRunner:
     def start(self, *, replace: bool = False) -> dict[str, Any]:
         """Begin (or resume) the backfill and capture; idempotent while running."""
         with self._lock:
+            # First, even when running: a mover standing by for the lease refuses too.
+            self.store.acquire(self.holder, self.tuning.lease)
             if self.running:
                 return self.status()
             specs = self._check_schema()
-            self.store.acquire(self.holder, self.tuning.lease)
             state = self.store.load()
             if state.phase not in phases.RUNNING_PHASES:
                 if state.phase == phases.IDLE and not replace:
                     self._refuse_a_foreign_target(specs)
                 self._install_capture(specs)
-                with self.source.connect() as source:
+                with self.source_reader.connect() as source:
                     total = sum(self.dialect.count(source, spec) for spec in specs)
                 self.store.update(
                     phase=phases.BACKFILL,
@@ -325,7 +326,7 @@ class MoveRunner:
     def _apply_changes(self) -> int:
         limit = self.tuning.apply_batch
         read_at = time.time()
-        with self.source.connect() as source:
+        with self.source_reader.connect() as source:
             rows = source.exec_driver_sql(
                 f"SELECT seq, tbl, pk, at FROM {CHANGES_TABLE} ORDER BY seq LIMIT {limit}"
             ).all()
@@ -343,14 +344,14 @@ class MoveRunner:
             by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
         specs = {spec.name: spec for spec in self._specs}
         try:
-            with self.target.begin() as target, self.source.connect() as source:
+            with self.target.begin() as target, self.source_reader.connect() as source:
                 for table, keys in by_table.items():
                     self.dialect.apply_keys(target, source, specs[table], keys)
         except IntegrityError:
             # Two changes that only work in their order (a row freeing a unique
             # value another one takes): apply them one by one, as they happened.
             for table, key_text in latest:
-                with self.target.begin() as target, self.source.connect() as source:
+                with self.target.begin() as target, self.source_reader.connect() as source:
                     self.dialect.apply_keys(
                         target, source, specs[table], [tuple(json.loads(key_text))]
                     )
@@ -393,7 +394,7 @@ class MoveRunner:
         assert lo != DONE
         lo_key = lo if isinstance(lo, tuple) else None
         started = time.monotonic()
-        with self.source.connect() as source:
+        with self.source_reader.connect() as source:
             hi = self.dialect.key_after(source, spec, lo_key, self.tuning.chunk_rows)
         try:
             copied = self._copy(spec, state, lo_key, hi)
@@ -414,7 +415,7 @@ class MoveRunner:
     def _copy(self, spec: TableSpec, state: MoveState, lo: Key | None, hi: Key | None) -> int:
         cursors = dict(state.cursors)
         cursors[spec.name] = DONE if hi is None else list(hi)
-        with self.target.begin() as target, self.source.connect() as source:
+        with self.target.begin() as target, self.source_reader.connect() as source:
             copied = self.dialect.copy_range(target, source, spec, lo, hi)
             rows_copied = state.rows_copied + copied
             # The checkpoint commits with the chunk: a kill never loses or repeats one.

@@ -101,15 +101,15 @@ class StateStore:
         return MoveState(**values)
 
     def _ensure_row(self, connection: Connection) -> None:
-        exists = connection.execute(
-            sa.select(moves_table.c.name).where(moves_table.c.name == self._name)
-        ).first()
-        if exists is None:
-            connection.execute(
-                moves_table.insert().values(
-                    name=self._name, phase=IDLE, cursors="{}", rows_copied=0, rows_total=0
-                )
-            )
+        # One statement that writes: on SQLite it takes the write lock before it
+        # reads, so two writers queue on the busy timeout instead of failing.
+        t = moves_table
+        fresh = sa.select(
+            sa.literal(self._name), sa.literal(IDLE), sa.literal("{}"), sa.literal(0), sa.literal(0)
+        ).where(~sa.exists().where(t.c.name == self._name))
+        connection.execute(
+            t.insert().from_select(["name", "phase", "cursors", "rows_copied", "rows_total"], fresh)
+        )
 
     def update(self, connection: Connection | None = None, **values: Any) -> None:
         """Write fields of the state; inside ``connection``'s transaction when given."""

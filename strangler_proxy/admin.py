@@ -13,9 +13,11 @@ from flask import Flask, Response, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from servicekit.db import utcnow
 from servicekit.web import ServiceApi, init_service, openapi_settings
 from strangler_proxy.config import ADMIN_TEAM, hash_token
-from strangler_proxy.domain import MODES
+from strangler_proxy.datagate import reasons_to_stay
+from strangler_proxy.domain import MODES, Route
 from strangler_proxy.metrics import CONTENT_TYPE_LATEST
 from strangler_proxy.repository import as_dict
 
@@ -39,9 +41,22 @@ class RouteSchema(ma.Schema):
     percent = ma.fields.Integer()
     fallback = ma.fields.Boolean()
     ignore = ma.fields.List(ma.fields.String())
+    data = ma.fields.String(
+        allow_none=True, metadata={"description": "The data move whose records the route serves"}
+    )
     revision = ma.fields.Integer(metadata={"description": "Send it back to change the route"})
     rate = ma.fields.Float(metadata={"description": "Requests per second, last 10 s"})
     error_rate = ma.fields.Float(metadata={"description": "Share of 5xx, last 10 s"})
+    data_state = ma.fields.Dict(
+        allow_none=True,
+        metadata={"description": "The move's phase, progress, lag and last verdict"},
+    )
+    gate = ma.fields.List(
+        ma.fields.String(),
+        metadata={
+            "description": "Why the route may not go to canary or service now (empty: it may)"
+        },
+    )
 
 
 class RouteListSchema(ma.Schema):
@@ -77,6 +92,13 @@ class MismatchSchema(ma.Schema):
     monolith_body = ma.fields.String()
     service_body = ma.fields.String()
     diff = ma.fields.List(ma.fields.String())
+
+
+class StartSchema(ma.Schema):
+    replace = ma.fields.Boolean(
+        load_default=False,
+        metadata={"description": "Replace rows the service holds that the move did not copy"},
+    )
 
 
 class LimitSchema(ma.Schema):
@@ -134,10 +156,15 @@ def _blueprint(proxy: Proxy) -> Blueprint:
             proxy.refresh()
             rates = proxy.rates()
             table = proxy.table
+            states = _data_states(proxy, table.routes)
             return {
                 "revision": table.revision,
                 "routes": [
-                    {**as_dict(r), **rates.get(r.name, {"rate": 0.0, "error_rate": 0.0})}
+                    {
+                        **as_dict(r),
+                        **rates.get(r.name, {"rate": 0.0, "error_rate": 0.0}),
+                        **_data_fields(proxy, r, states),
+                    }
                     for r in table.routes
                 ],
             }
@@ -148,18 +175,31 @@ def _blueprint(proxy: Proxy) -> Blueprint:
         def get(self, name: str) -> dict[str, Any]:
             """One route."""
             proxy.refresh()
-            return as_dict(_route(proxy, name))
+            route = _route(proxy, name)
+            return {**as_dict(route), **_data_fields(proxy, route, _data_states(proxy, [route]))}
 
         @blp.arguments(ChangeSchema)
         @blp.response(200, RouteSchema)
         @blp.alt_response(401, description="No or an unknown bearer token")
         @blp.alt_response(403, description="The route belongs to another team")
-        @blp.alt_response(409, description="The route changed since the given revision")
+        @blp.alt_response(
+            409,
+            description="The route changed since the given revision, or its data is not "
+            "ready for it to leave the monolith (the reasons say what to do)",
+        )
         def patch(self, change: dict[str, Any], name: str) -> dict[str, Any]:
             """Move a route: set its mode (and a canary's percent), with a reason."""
             route = _route(proxy, name)
             if g.team not in (route.owner, ADMIN_TEAM):
                 abort(403, message=f"route {name!r} belongs to {route.owner}, not {g.team}")
+            status = proxy.data.status(route.data) if route.data else None
+            reasons = reasons_to_stay(route, change["mode"], status, proxy.data_policy, utcnow())
+            if reasons:
+                abort(
+                    409,
+                    message=f"route {name!r} cannot go to {change['mode']}: " + "; ".join(reasons),
+                    errors={"gate": reasons},
+                )
             changed = proxy.store.change(
                 name,
                 mode=change["mode"],
@@ -189,7 +229,83 @@ def _blueprint(proxy: Proxy) -> Blueprint:
             _route(proxy, name)
             return proxy.store.mismatches(name, args["limit"])
 
+    @blp.get("/data")
+    def data_moves() -> list[dict[str, Any]]:
+        """Every data move the routes depend on: phase, progress, lag, last verdict."""
+        moves = sorted({r.data for r in proxy.table.routes if r.data})
+        return [proxy.data.status(move) or {"move": move, "phase": "unknown"} for move in moves]
+
+    @blp.get("/data/<move>")
+    def data_move(move: str) -> dict[str, Any]:
+        """One data move's status, as the data mover reports it."""
+        _move_routes(proxy, move)
+        status = proxy.data.status(move)
+        if status is None:
+            abort(503, message=f"the data mover cannot be reached to report on {move!r}")
+        return status
+
+    @blp.route("/data/<move>/start")
+    class StartMove(MethodView):
+        @blp.arguments(StartSchema)
+        def post(self, args: dict[str, Any], move: str) -> Any:
+            """Copy the move's data to the service and keep it current (capture)."""
+            return _command(proxy, move, "start", args)
+
+    @blp.post("/data/<move>/stop")
+    def stop_move(move: str) -> Any:
+        """Stop capturing the move's changes: the copy stops following."""
+        return _command(proxy, move, "stop", {})
+
+    @blp.post("/data/<move>/verify")
+    def verify_move(move: str) -> Any:
+        """Compare both databases; the verdict appears in the move's status."""
+        return _command(proxy, move, "verify", {})
+
     return blp
+
+
+def _move_routes(proxy: Proxy, move: str) -> list[Route]:
+    routes = [r for r in proxy.table.routes if r.data == move]
+    if not routes:
+        abort(404, message=f"no route serves the data move {move!r}")
+    return routes
+
+
+def _command(proxy: Proxy, move: str, verb: str, body: dict[str, Any]) -> Any:
+    """Send a command to the mover for a team that owns a route of the move."""
+    owners = {r.owner for r in _move_routes(proxy, move)}
+    if g.team not in owners | {ADMIN_TEAM}:
+        abort(403, message=f"the data of {move!r} belongs to {', '.join(sorted(owners))}")
+    status, answer = proxy.data.command(move, verb, body)
+    if status >= 400:
+        abort(status, message=answer.get("message", f"the data mover answered {status}"))
+    return answer
+
+
+def _data_states(proxy: Proxy, routes: Any) -> dict[str, dict[str, Any] | None]:
+    return {move: proxy.data.status(move) for move in {r.data for r in routes if r.data}}
+
+
+def _data_fields(
+    proxy: Proxy, route: Route, states: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """The route's data: a summary of its move, and why it may not leave now."""
+    if route.data is None:
+        return {"data_state": None, "gate": []}
+    status = states.get(route.data)
+    summary = None
+    if status is not None:
+        verdict = status.get("verdict")
+        summary = {
+            "phase": status["phase"],
+            "rows_copied": status["rows_copied"],
+            "rows_total": status["rows_total"],
+            "lag_seconds": status["lag_seconds"],
+            "verdict": None if verdict is None else ("clean" if verdict["clean"] else "diverged"),
+            "verified_at": None if verdict is None else verdict["at"],
+        }
+    gate = reasons_to_stay(route, "service", status, proxy.data_policy, utcnow())
+    return {"data_state": summary, "gate": gate}
 
 
 def _team_for(tokens: dict[str, str], token: str) -> str | None:
@@ -200,7 +316,7 @@ def _team_for(tokens: dict[str, str], token: str) -> str | None:
     return None
 
 
-def _route(proxy: Proxy, name: str) -> Any:
+def _route(proxy: Proxy, name: str) -> Route:
     route = proxy.table.by_name.get(name)
     if route is None:
         abort(404, message=f"no route named {name!r}")

@@ -17,8 +17,11 @@ from flask import g
 
 from servicekit.db import create_engine, utcnow
 from servicekit.errors import Conflict
+from servicekit.signing import Keyring
 from servicekit.web import error_response
 from strangler_proxy import admin, config
+from strangler_proxy.datagate import DataPolicy
+from strangler_proxy.datamoves import DataMoves
 from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable, compare, demotion_reason
 from strangler_proxy.forwarding import Forwarder, Upstream
 from strangler_proxy.metrics import BREAKER_STATES, Metrics
@@ -71,6 +74,13 @@ class Proxy:
             )
             for name, url in config.upstreams(settings).items()
         }
+        self.data = DataMoves(
+            settings["MOVER_URL"], Keyring.parse(settings["INTERNAL_KEYS"], owner="the proxy")
+        )
+        self.data_policy = DataPolicy(
+            max_lag=float(settings["DATA_MAX_LAG"]),
+            verify_max_age=float(settings["DATA_VERIFY_MAX_AGE"]),
+        )
         self.shadows = ThreadPoolExecutor(
             int(settings["SHADOW_THREADS"]), thread_name_prefix="shadow"
         )
@@ -104,6 +114,7 @@ class Proxy:
         self.shadows.shutdown(wait=False, cancel_futures=True)
         for upstream in self.upstreams.values():
             upstream.pool.close()
+        self.data.close()
         self.engine.dispose()
 
     # --- the route table ------------------------------------------------------

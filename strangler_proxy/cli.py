@@ -7,7 +7,10 @@ refusal (401, 403, 409, 422, ...) prints the proxy's message and exits 1.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -83,11 +86,19 @@ def routes(admin: Admin) -> None:
             r["owner"],
             f"{r['rate']:.1f}/s",
             f"{r['error_rate'] * 100:.1f}%",
+            _data_column(r),
             r["revision"],
         ]
         for r in listing["routes"]
     ]
-    click.echo(table(rows, ["ROUTE", "MODE", "PERCENT", "PATTERN", "OWNER", "RATE", "5XX", "REV"]))
+    click.echo(
+        table(rows, ["ROUTE", "MODE", "PERCENT", "PATTERN", "OWNER", "RATE", "5XX", "DATA", "REV"])
+    )
+    gated = {r["name"]: r["gate"] for r in listing["routes"] if r.get("gate")}
+    for name, reasons in gated.items():
+        click.echo(f"\n{name} may not go to canary or service yet:")
+        for reason in reasons:
+            click.echo(f"  - {reason}")
     click.echo(f"\ntable revision {listing['revision']}")
 
 
@@ -149,6 +160,143 @@ def mismatches(admin: Admin, route: str, limit: int) -> None:
         )
         for line in m["diff"]:
             click.echo(f"    {line}")
+
+
+# --- data: the records a route serves ---------------------------------------------
+
+#: How long `strangler data verify` waits for a verdict before giving up.
+DEFAULT_VERIFY_WAIT = 600.0
+POLL_SECONDS = 0.5
+BAR_WIDTH = 30
+
+
+@cli.group("data")
+def data() -> None:
+    """Copy a route's data to the service, keep it current, and prove it."""
+
+
+@data.command("start")
+@click.argument("move")
+@click.option(
+    "--replace", is_flag=True, help="Replace rows the service holds that it did not copy."
+)
+@click.option("--wait", is_flag=True, help="Follow the backfill until it is complete.")
+@click.pass_obj
+def data_start(admin: Admin, move: str, replace: bool, wait: bool) -> None:
+    """Begin copying MOVE's tables and capturing every change (resumes if begun)."""
+    status = admin.call("POST", f"/data/{move}/start", json={"replace": replace})
+    click.echo(f"{move}: {status['phase']}, capture installed")
+    while wait and status["phase"] == "backfill":
+        click.echo("\r" + _progress(status), nl=False)
+        time.sleep(POLL_SECONDS)
+        status = admin.call("GET", f"/data/{move}")
+    if wait:
+        click.echo("\r" + _progress(status))
+
+
+@data.command("stop")
+@click.argument("move")
+@click.pass_obj
+def data_stop(admin: Admin, move: str) -> None:
+    """Stop capturing MOVE's changes: the copy no longer follows the monolith."""
+    status = admin.call("POST", f"/data/{move}/stop")
+    click.echo(f"{move}: {status['phase']}, capture removed")
+
+
+@data.command("status")
+@click.argument("move", required=False)
+@click.pass_obj
+def data_status(admin: Admin, move: str | None) -> None:
+    """Phase, copy progress, lag and the last verification of each move."""
+    moves = [admin.call("GET", f"/data/{move}")] if move else admin.call("GET", "/data")
+    for status in moves:
+        click.echo(_describe(status))
+
+
+@data.command("verify")
+@click.argument("move")
+@click.option("--timeout", default=DEFAULT_VERIFY_WAIT, show_default=True, help="Seconds to wait.")
+@click.pass_obj
+def data_verify(admin: Admin, move: str, timeout: float) -> None:
+    """Compare both databases row for row; exit 1 and print the rows if they differ."""
+    requested = admin.call("POST", f"/data/{move}/verify")["requested_at"]
+    deadline = time.monotonic() + timeout
+    while True:
+        status = admin.call("GET", f"/data/{move}")
+        verdict = status.get("verdict")
+        if verdict and not status["verifying"] and _epoch(verdict["at"]) >= requested:
+            break
+        if time.monotonic() > deadline:
+            raise Refused(f"no verdict for {move} within {timeout:g} s")
+        time.sleep(POLL_SECONDS)
+    tables = ", ".join(f"{name} {rows:,}" for name, rows in verdict.get("tables", {}).items())
+    click.echo(
+        f"{move}: {verdict['rows_checked']:,} rows compared "
+        f"in {verdict.get('seconds', 0)} s ({tables})"
+    )
+    if verdict.get("error"):
+        raise Refused(f"verification failed: {verdict['error']}")
+    for row in verdict["diverged"] + verdict["unsettled"]:
+        sides = [key for key in row if key not in ("table", "key", "side")]
+        click.echo(f"  DIVERGED {row['table']} {row['key']}: {row['side']}")
+        for side in sides:
+            click.echo(f"    {side}: {json.dumps(row[side], sort_keys=True)}")
+    if not verdict["clean"]:
+        count = len(verdict["diverged"]) + len(verdict["unsettled"])
+        raise Refused(f"{move}: NOT clean, {count} rows differ")
+    click.echo(f"{move}: clean")
+
+
+def _epoch(moment: str) -> float:
+    return dt.datetime.fromisoformat(moment).timestamp()
+
+
+def _progress(status: dict[str, Any]) -> str:
+    total, copied = status.get("rows_total") or 0, status.get("rows_copied") or 0
+    share = min(1.0, copied / total) if total else (1.0 if status["phase"] != "backfill" else 0.0)
+    filled = int(share * BAR_WIDTH)
+    eta = status.get("eta_seconds")
+    tail = f", about {eta:.0f} s left" if eta is not None and status["phase"] == "backfill" else ""
+    return (
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} {copied:,}/{total:,} rows{tail}"
+    )
+
+
+def _describe(status: dict[str, Any]) -> str:
+    lines = [f"{status['move']}: {status['phase']}"]
+    if status["phase"] == "unknown":
+        lines.append("  the data mover cannot be reached")
+        return "\n".join(lines)
+    if status.get("error"):
+        lines.append(f"  error: {status['error']}")
+    lines.append(f"  copy  {_progress(status)}")
+    lag = status.get("lag_seconds")
+    lines.append(f"  lag   {'-' if lag is None else f'{lag:.3f} s'}")
+    verdict = status.get("verdict")
+    if verdict is None:
+        shown = "none yet"
+    else:
+        age = time.time() - _epoch(verdict["at"])
+        result = "clean" if verdict["clean"] else "NOT clean"
+        count = len(verdict["diverged"]) + len(verdict["unsettled"])
+        shown = f"{result}, {verdict['rows_checked']:,} rows, {count} differ, {age:.0f} s ago"
+    if status.get("verifying"):
+        shown += " (verifying now)"
+    lines.append(f"  last verification  {shown}")
+    if status.get("waiting_for_lease"):
+        lines.append(f"  waiting for the lease held by {status['waiting_for_lease']}")
+    return "\n".join(lines)
+
+
+def _data_column(route: dict[str, Any]) -> str:
+    if not route.get("data"):
+        return "-"
+    state = route.get("data_state")
+    if state is None:
+        return f"{route['data']}: mover unreachable"
+    lag = "-" if state["lag_seconds"] is None else f"{state['lag_seconds']:.2f}s"
+    verdict = state["verdict"] or "unverified"
+    return f"{route['data']}: {state['phase']}, lag {lag}, {verdict}"
 
 
 def _mode(state: dict[str, Any] | None) -> str:

@@ -9,11 +9,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from strangler_proxy.datagate import DEFAULT_MAX_LAG, DEFAULT_VERIFY_MAX_AGE
+
 ENV_PREFIX = "PROXY_"
 DEFAULT_DATABASE_FILE = os.path.join("var", "proxy.db")
 DEFAULT_ROUTES_FILE = str(Path(__file__).with_name("routes.toml"))
 DEFAULT_MONOLITH_URL = "http://127.0.0.1:8001"
 DEFAULT_BILLING_URL = "http://127.0.0.1:8002"
+#: The data mover (datamover/): the state of each move gates leaving the monolith.
+DEFAULT_MOVER_URL = "http://127.0.0.1:8003"
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_SHADOW_TIMEOUT = 2.0
@@ -43,6 +47,11 @@ def defaults() -> dict[str, Any]:
         "ROUTES_FILE": DEFAULT_ROUTES_FILE,
         "MONOLITH_URL": DEFAULT_MONOLITH_URL,
         "BILLING_URL": DEFAULT_BILLING_URL,
+        "MOVER_URL": DEFAULT_MOVER_URL,
+        # Signs the commands sent to the data mover; empty: the development key.
+        "INTERNAL_KEYS": "",
+        "DATA_MAX_LAG": DEFAULT_MAX_LAG,
+        "DATA_VERIFY_MAX_AGE": DEFAULT_VERIFY_MAX_AGE,
         # "billing-team:secret1,admin:secret2"; the team named "admin" may change every route.
         "TOKENS": "",
         "CONNECT_TIMEOUT": DEFAULT_CONNECT_TIMEOUT,
@@ -94,8 +103,12 @@ def upstreams(settings: Mapping[str, Any]) -> dict[str, str]:
     return {
         name[: -len("_URL")].lower(): str(url)
         for name, url in settings.items()
-        if name.endswith("_URL") and name != "DATABASE_URL"
+        if name.endswith("_URL") and name not in _NOT_UPSTREAMS
     }
+
+
+#: URLs in the settings that traffic is never forwarded to.
+_NOT_UPSTREAMS = frozenset({"DATABASE_URL", "MOVER_URL"})
 
 
 def hash_token(token: str) -> str:

@@ -59,6 +59,8 @@ class Route:
     percent: int = 0
     fallback: bool = True
     ignore: tuple[str, ...] = DEFAULT_IGNORE
+    #: The data move whose records this route serves; it gates leaving the monolith.
+    data: str | None = None
     revision: int = 0
     changed_at: dt.datetime | None = dataclasses.field(default=None, compare=False)
 

@@ -32,6 +32,8 @@ routes = sa.Table(
     sa.Column("percent", sa.Integer, nullable=False),
     sa.Column("fallback", sa.Boolean, nullable=False),
     sa.Column("ignore", sa.JSON, nullable=False),
+    # The data move the route's records travel with (None: no data gate).
+    sa.Column("data", sa.String(100), nullable=True),
     sa.Column("revision", sa.Integer, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(100), nullable=False),

@@ -58,6 +58,7 @@ def load_route_file(path: str | Path) -> list[Route]:
                 percent=validate_change(mode, item.get("percent")),
                 fallback=bool(item.get("fallback", True)),
                 ignore=tuple(item.get("ignore", DEFAULT_IGNORE)),
+                data=item.get("data"),
             )
         )
     return routes
@@ -74,6 +75,7 @@ def as_dict(route: Route) -> dict[str, Any]:
         "percent": route.percent,
         "fallback": route.fallback,
         "ignore": list(route.ignore),
+        "data": route.data,
         "revision": route.revision,
     }
 
@@ -275,6 +277,7 @@ def _route(row: Any) -> Route:
         percent=row["percent"],
         fallback=row["fallback"],
         ignore=tuple(row["ignore"]),
+        data=row["data"],
         revision=row["revision"],
         changed_at=row["updated_at"],
     )

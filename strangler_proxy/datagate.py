@@ -1,0 +1,115 @@
+"""When a route may leave the monolith, given the state of the data it serves.
+
+Pure: takes the route, the mode asked for, the data mover's status of the
+route's move (None when the mover cannot be asked) and the clock. A route
+that moves without its data is the failure this project exists to prevent —
+existing records 404 on the new side, writes lost on the way back — so
+``canary`` and ``service`` are refused, with every reason and the command
+that fixes it, until the copy is complete, current and proved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from strangler_proxy.domain import SAFE_METHODS, Route
+
+__all__ = [
+    "DEFAULT_MAX_LAG",
+    "DEFAULT_VERIFY_MAX_AGE",
+    "LEAVING_MODES",
+    "DataPolicy",
+    "reasons_to_stay",
+]
+
+#: Modes in which the service answers some of the route's requests.
+LEAVING_MODES = frozenset({"canary", "service"})
+#: Changes must reach the service within this many seconds.
+DEFAULT_MAX_LAG = 1.0
+#: A clean verification older than this proves too little.
+DEFAULT_VERIFY_MAX_AGE = 900.0
+_RUNNING = ("backfill", "streaming")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPolicy:
+    max_lag: float = DEFAULT_MAX_LAG
+    verify_max_age: float = DEFAULT_VERIFY_MAX_AGE
+
+
+def reasons_to_stay(
+    route: Route,
+    mode: str,
+    status: dict[str, Any] | None,
+    policy: DataPolicy,
+    now: dt.datetime,
+) -> list[str]:
+    """Why ``route`` may not be set to ``mode`` now; empty when it may."""
+    if route.data is None or mode not in LEAVING_MODES:
+        return []
+    move = route.data
+    fix_start = f"run `strangler data start {move}`"
+    fix_verify = f"run `strangler data verify {move}`"
+    if status is None:
+        reasons = [
+            f"the data mover cannot be reached, so {move}'s data is unproven: start it "
+            f"(`make run` does) and {fix_start}"
+        ]
+    else:
+        reasons = _data_reasons(move, status, policy, now, fix_start, fix_verify)
+    writes = sorted(route.methods - SAFE_METHODS) or ["any"]
+    if "*" in route.methods or route.methods - SAFE_METHODS:
+        reasons.append(
+            f"the route accepts writes ({', '.join(writes)}) and handing write ownership of "
+            f"{move}'s records to the service is not built yet (the issue \"Move billing's "
+            'data, part 2"): until then only shadow may send it traffic'
+        )
+    return reasons
+
+
+def _data_reasons(
+    move: str,
+    status: dict[str, Any],
+    policy: DataPolicy,
+    now: dt.datetime,
+    fix_start: str,
+    fix_verify: str,
+) -> list[str]:
+    reasons = []
+    phase = status.get("phase")
+    if phase not in _RUNNING:
+        error = f" ({status['error']})" if status.get("error") else ""
+        return [f"{move}'s data is not being copied: the move is {phase}{error}; {fix_start}"]
+    if phase == "backfill":
+        copied, total = status.get("rows_copied", 0), status.get("rows_total", 0)
+        share = 100 * copied // total if total else 0
+        reasons.append(
+            f"the copy of {move}'s data is {share}% done ({copied:,} of {total:,} rows): "
+            f"wait for it (`strangler data status`)"
+        )
+    lag = status.get("lag_seconds")
+    if lag is None:
+        reasons.append(f"nobody is applying {move}'s changes (the mover is not running it)")
+    elif lag >= policy.max_lag:
+        reasons.append(
+            f"changes reach the service {lag:.2f} s late (at most {policy.max_lag:g} s): "
+            "wait, or look at the mover's log"
+        )
+    verdict = status.get("verdict")
+    if verdict is None:
+        reasons.append(f"the copy has not been verified yet: {fix_verify}")
+    elif not verdict.get("clean"):
+        count = len(verdict.get("diverged", [])) + len(verdict.get("unsettled", []))
+        reasons.append(
+            f"the last verification found {count} diverging rows: {fix_verify} to see them"
+        )
+    else:
+        age = (now - dt.datetime.fromisoformat(verdict["at"])).total_seconds()
+        if age > policy.verify_max_age:
+            reasons.append(
+                f"the last clean verification is {age / 60:.0f} min old (at most "
+                f"{policy.verify_max_age / 60:g} min): {fix_verify}"
+            )
+    return reasons

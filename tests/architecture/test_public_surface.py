@@ -27,6 +27,7 @@ SURFACE = {
         "write_to_outbox",
     },
     "servicekit.uow": {"AfterCommit", "UnitOfWork"},
+    "servicekit.migrations": {"database_url", "run_migrations"},
     "servicekit.idempotency": {
         "DEFAULT_LOCK_TIMEOUT",
         "IDEMPOTENCY_KEY_HEADER",

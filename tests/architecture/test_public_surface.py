@@ -23,11 +23,13 @@ SURFACE = {
         "DEFAULT_MAX_ATTEMPTS",
         "OutboxRelay",
         "RelayReport",
+        "eager_delivery",
         "outbox_table",
         "write_to_outbox",
     },
     "servicekit.uow": {"AfterCommit", "UnitOfWork"},
     "servicekit.migrations": {"database_url", "run_migrations"},
+    "servicekit.cli": {"events_group"},
     "servicekit.idempotency": {
         "DEFAULT_LOCK_TIMEOUT",
         "IDEMPOTENCY_KEY_HEADER",

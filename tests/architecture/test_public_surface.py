@@ -30,6 +30,16 @@ SURFACE = {
     "servicekit.uow": {"AfterCommit", "UnitOfWork"},
     "servicekit.migrations": {"database_url", "run_migrations"},
     "servicekit.cli": {"events_group"},
+    "servicekit.requestids": {
+        "MAX_REQUEST_ID_LENGTH",
+        "NO_REQUEST_ID",
+        "REQUEST_ID_HEADER",
+        "accept_request_id",
+        "bound_request_id",
+        "current_request_id",
+        "is_acceptable_request_id",
+    },
+    "servicekit.logs": {"LOG_FORMAT", "RequestIdFilter", "configure_logging", "current_request_id"},
     "servicekit.idempotency": {
         "DEFAULT_LOCK_TIMEOUT",
         "IDEMPOTENCY_KEY_HEADER",

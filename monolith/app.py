@@ -46,7 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Other deployables' events (the billing service's); signed, not in the OpenAPI document.
     app.register_blueprint(inbox_blueprint(system.bus, keyring))
     init_service(app, api, ready_check=system.check_database)
-    cli.register(app)
+    cli.register(app, system)
     return app
 
 

@@ -8,7 +8,7 @@ at import time. Reading this file tells who talks to whom.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -28,11 +28,11 @@ from monolith.users.api import UsersFacade
 from monolith.users.events import UserRegistered
 from monolith.users.repository import UsersUnitOfWork
 from servicekit.db import create_engine, reader
-from servicekit.events import Envelope
 from servicekit.httpclient import HttpClient
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
-from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay
+from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay, eager_delivery
+from servicekit.uow import AfterCommit
 
 #: Every module's tables, in one database: what migrations and the boundary
 #: checks look at.
@@ -96,19 +96,13 @@ def bootstrap(
         ),
     }
 
-    def eager_delivery(source: str) -> Callable[[Sequence[Envelope]], None] | None:
-        if not deliver_eagerly:
-            return None
-        relay = relays[source]
-
-        def deliver(envelopes: Sequence[Envelope]) -> None:
-            relay.relay_events(envelope.event_id for envelope in envelopes)
-
-        return deliver
+    after_commit: dict[str, AfterCommit | None] = {
+        name: eager_delivery(relay) if deliver_eagerly else None for name, relay in relays.items()
+    }
 
     def users_uow() -> UsersUnitOfWork:
         return UsersUnitOfWork(
-            sessions, outbox=users_orm.outbox, source="users", after_commit=eager_delivery("users")
+            sessions, outbox=users_orm.outbox, source="users", after_commit=after_commit["users"]
         )
 
     def billing_uow() -> BillingUnitOfWork:
@@ -116,7 +110,7 @@ def bootstrap(
             sessions,
             outbox=billing_orm.outbox,
             source="billing",
-            after_commit=eager_delivery("billing"),
+            after_commit=after_commit["billing"],
         )
 
     def notifications_uow() -> NotificationsUnitOfWork:

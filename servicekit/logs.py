@@ -1,5 +1,8 @@
 """Logging for entry points: every line carries the request id.
 
+Which request id is current is :mod:`servicekit.requestids`' business;
+``current_request_id`` is re-exported here for the callers that found it here.
+
 Only entry points (the WSGI module, gunicorn's config, CLI commands) call
 :func:`configure_logging`; library code just does
 ``logger = logging.getLogger(__name__)``.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from flask import g, has_request_context
+from servicekit.requestids import current_request_id
 
 __all__ = ["LOG_FORMAT", "RequestIdFilter", "configure_logging", "current_request_id"]
 
@@ -18,14 +21,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 DEFAULT_LEVEL = "INFO"
 
 
-def current_request_id() -> str:
-    if has_request_context():
-        return str(getattr(g, "request_id", "-"))
-    return "-"
-
-
 class RequestIdFilter(logging.Filter):
-    """Stamps ``record.request_id`` so that formats can print it."""
+    """Stamps ``record.request_id`` so that formats can print it: the id of the
+    request being served, in Flask or bound outside it (:mod:`servicekit.requestids`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id()

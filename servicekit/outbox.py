@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "OutboxRelay",
     "RelayReport",
+    "eager_delivery",
     "outbox_table",
     "write_to_outbox",
 ]
@@ -303,3 +304,19 @@ class OutboxRelay:
             next_attempt_at=row.next_attempt_at,
             last_error=row.last_error,
         )
+
+
+def eager_delivery(relay: OutboxRelay) -> Callable[[Sequence[Envelope]], None]:
+    """An ``after_commit`` for a unit of work that writes to ``relay``'s outbox:
+    its events are delivered right after the commit, instead of waiting for
+    the relay process to poll.
+
+    The events are already safe in the outbox when this runs; whatever it
+    cannot deliver (an older event of the same aggregate still waiting, a
+    failing consumer) is left to :meth:`OutboxRelay.relay_pending`.
+    """
+
+    def deliver_committed(envelopes: Sequence[Envelope]) -> None:
+        relay.relay_events(envelope.event_id for envelope in envelopes)
+
+    return deliver_committed

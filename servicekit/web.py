@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,7 +28,7 @@ from servicekit.errors import (
     RuleViolated,
 )
 from servicekit.idempotency import IdempotencyKeys, Reply
-from servicekit.logs import current_request_id
+from servicekit.requestids import REQUEST_ID_HEADER, accept_request_id, current_request_id
 from servicekit.uow import UnitOfWork
 
 __all__ = [
@@ -45,10 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-ID"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
-# A request id from outside is kept only if it is short and harmless in a log line.
-_ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     NotFound: 404,
@@ -249,8 +244,7 @@ def init_service(
 
     @app.before_request
     def _take_request_id() -> None:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if _ACCEPTABLE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
 
     @app.before_request
     def _refuse_unsized_bodies_over_the_limit() -> None:

@@ -69,7 +69,7 @@ def create_app(
     # Internal and signed: not part of the public API or its OpenAPI document.
     app.register_blueprint(inbox_blueprint(system.bus, keyring))
     init_service(app, api, ready_check=system.check_database)
-    cli.register(app)
+    cli.register(app, system)
     return app
 
 

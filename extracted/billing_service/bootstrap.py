@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,7 +18,12 @@ from servicekit.db import create_engine
 from servicekit.events import Envelope
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
-from servicekit.outbox import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, OutboxRelay
+from servicekit.outbox import (
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_MAX_ATTEMPTS,
+    OutboxRelay,
+    eager_delivery,
+)
 
 #: What the events of this service say they come from (the monolith's module said the same).
 SOURCE = "billing"
@@ -62,15 +67,14 @@ def bootstrap(
         backoff_max=backoff_max,
     )
 
-    def eagerly(envelopes: Sequence[Envelope]) -> None:
-        relay.relay_events(envelope.event_id for envelope in envelopes)
+    after_commit = eager_delivery(relay) if deliver_eagerly else None
 
     def billing_uow() -> BillingUnitOfWork:
         return BillingUnitOfWork(
             sessions,
             outbox=orm.outbox,
             source=SOURCE,
-            after_commit=eagerly if deliver_eagerly else None,
+            after_commit=after_commit,
         )
 
     # What billing consumes arrives at its inbox endpoint and is applied once.

@@ -2,58 +2,18 @@
 
 The URL comes, in order, from ``-x url=...``, the ``sqlalchemy.url`` set by a
 caller (tests), ``BILLING_SERVICE_DATABASE_URL``, or the service's default.
-One database, one module: one branch, no ``-x module`` narrowing.
+One database, one module: one branch, no ``-x module`` narrowing; the rest is
+:func:`servicekit.migrations.run_migrations`.
 """
 
 from __future__ import annotations
 
-import os
-
-from alembic import context
-
 from extracted.billing_service.billing.orm import metadata
 from extracted.billing_service.config import defaults
-from servicekit.db import create_engine
+from servicekit.migrations import run_migrations
 
-config = context.config
-target_metadata = metadata
-
-
-def database_url() -> str:
-    return (
-        context.get_x_argument(as_dictionary=True).get("url")
-        or config.get_main_option("sqlalchemy.url")
-        or os.environ.get("BILLING_SERVICE_DATABASE_URL")
-        or defaults()["DATABASE_URL"]
-    )
-
-
-def run_migrations_offline() -> None:
-    context.configure(
-        url=database_url(),
-        target_metadata=target_metadata,
-        literal_binds=True,
-        render_as_batch=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_online() -> None:
-    engine = create_engine(database_url())
-    with engine.connect() as connection:
-        # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
+run_migrations(
+    metadata,
+    url_variable="BILLING_SERVICE_DATABASE_URL",
+    default_url=defaults()["DATABASE_URL"],
+)

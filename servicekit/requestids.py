@@ -1,0 +1,76 @@
+"""Request ids: which one a request gets, and which one is current.
+
+Every request carries an id from the edge to every log line it causes. An id
+a client or a proxy sent is kept if it is harmless in a log line (short, no
+spaces, no markup); otherwise the request gets a new one. This module is the
+one rule for that, for Flask apps (:mod:`servicekit.web` stores the id on
+``g``) and for code that serves requests outside Flask, such as a WSGI
+forwarder, which binds the id for the duration with :func:`bound_request_id`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import uuid
+from collections.abc import Iterator
+
+from flask import g, has_request_context
+
+__all__ = [
+    "MAX_REQUEST_ID_LENGTH",
+    "NO_REQUEST_ID",
+    "REQUEST_ID_HEADER",
+    "accept_request_id",
+    "bound_request_id",
+    "current_request_id",
+    "is_acceptable_request_id",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_LENGTH = 128
+#: What log lines show outside any request.
+NO_REQUEST_ID = "-"
+
+_ACCEPTABLE = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+
+_bound: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "servicekit_request_id", default=None
+)
+
+
+def is_acceptable_request_id(candidate: str) -> bool:
+    """True if ``candidate`` may be used as it is: 1 to 128 of ``A-Z a-z 0-9 . _ : -``."""
+    # fullmatch, not match with "$": "$" would also accept a trailing newline.
+    return _ACCEPTABLE.fullmatch(candidate) is not None
+
+
+def accept_request_id(incoming: str | None) -> str:
+    """The id of a request that arrived with ``incoming`` (None: no header):
+    ``incoming`` itself if acceptable, else a new one."""
+    if incoming and is_acceptable_request_id(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def bound_request_id(request_id: str) -> Iterator[str]:
+    """Make ``request_id`` the current one inside the block, outside Flask's
+    request context (a WSGI forwarder, a worker thread finishing a request)."""
+    token = _bound.set(request_id)
+    try:
+        yield request_id
+    finally:
+        _bound.reset(token)
+
+
+def current_request_id() -> str:
+    """The id of the request being served: one bound with
+    :func:`bound_request_id`, else the Flask request's, else ``"-"``."""
+    bound = _bound.get()
+    if bound is not None:
+        return bound
+    if has_request_context():
+        return str(getattr(g, "request_id", NO_REQUEST_ID))
+    return NO_REQUEST_ID

@@ -1,0 +1,184 @@
+"""servicekit's outbox pieces that every deployable wires the same way: eager
+delivery after commit, and the ``events`` command group over a set of relays.
+
+Built on a bare outbox table, with no deployable: what is pinned here holds
+for the monolith, the billing service and whatever registers them next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskCliRunner
+from sqlalchemy.orm import sessionmaker
+
+from servicekit.cli import events_group
+from servicekit.db import create_engine
+from servicekit.events import Envelope, IntegrationEvent
+from servicekit.outbox import OutboxRelay, eager_delivery, outbox_table
+from servicekit.uow import UnitOfWork
+
+SOURCE = "kit"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ThingHappened(IntegrationEvent):
+    aggregate_field = "thing_id"
+    thing_id: str
+
+
+class Consumer:
+    """Where the relay delivers; a test switches an outage on and off."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.received: list[Envelope] = []
+
+    def __call__(self, envelope: Envelope) -> None:
+        if self.down:
+            raise ConnectionError("consumer unreachable")
+        self.received.append(envelope)
+
+
+@dataclasses.dataclass
+class Outbox:
+    """One outbox on a fresh database, its relay, and the relay's consumer."""
+
+    table: sa.Table
+    sessions: sessionmaker
+    relay: OutboxRelay
+    consumer: Consumer
+
+    def publish(self, thing_id: str, *, eagerly: bool = False) -> ThingHappened:
+        event = ThingHappened(thing_id=thing_id)
+        after_commit = eager_delivery(self.relay) if eagerly else None
+        with UnitOfWork(
+            self.sessions, outbox=self.table, source=SOURCE, after_commit=after_commit
+        ) as uow:
+            uow.publish(event)
+            uow.commit()
+        return event
+
+
+@pytest.fixture
+def outbox(tmp_path) -> Iterator[Outbox]:
+    metadata = sa.MetaData()
+    table = outbox_table(metadata, SOURCE)
+    engine = create_engine(f"sqlite:///{tmp_path / 'outbox.db'}")
+    metadata.create_all(engine)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    consumer = Consumer()
+    relay = OutboxRelay(sessions, table, source=SOURCE, deliver=consumer, max_attempts=2)
+    yield Outbox(table, sessions, relay, consumer)
+    engine.dispose()
+
+
+@pytest.fixture
+def events_cli(outbox: Outbox) -> FlaskCliRunner:
+    """A runner of ``events ...`` on an app that registered the group over ``outbox``."""
+    app = Flask("kit")
+    app.cli.add_command(
+        events_group({SOURCE: outbox.relay}, poll_seconds=0.0, description="The kit's outbox.")
+    )
+    return app.test_cli_runner()
+
+
+def park_one(outbox: Outbox) -> ThingHappened:
+    """Publish an event the consumer refuses until the relay gives up on it."""
+    event = outbox.publish("t-parked")
+    outbox.consumer.down = True
+    for _ in range(2):
+        with outbox.sessions.begin() as session:
+            session.execute(outbox.table.update().values(next_attempt_at=None))
+        outbox.relay.relay_pending()
+    outbox.consumer.down = False
+    return event
+
+
+# --- eager delivery ---------------------------------------------------------
+
+
+def test_eager_delivery_hands_the_committed_events_over_at_once(outbox):
+    event = outbox.publish("t1", eagerly=True)
+
+    assert [e.event_id for e in outbox.consumer.received] == [event.event_id]
+    assert outbox.relay.pending_count() == 0
+
+
+def test_without_eager_delivery_events_wait_for_the_relay(outbox):
+    event = outbox.publish("t1")
+
+    assert outbox.consumer.received == []
+    assert outbox.relay.pending_count() == 1
+    outbox.relay.relay_pending()
+    assert [e.event_id for e in outbox.consumer.received] == [event.event_id]
+
+
+def test_a_failed_eager_delivery_leaves_the_event_to_the_relay(outbox):
+    outbox.consumer.down = True
+
+    outbox.publish("t1", eagerly=True)
+
+    assert outbox.relay.pending_count() == 1
+    outbox.consumer.down = False
+    with outbox.sessions.begin() as session:
+        session.execute(outbox.table.update().values(next_attempt_at=None))
+    assert outbox.relay.relay_pending().delivered == 1
+
+
+# --- the events command group ----------------------------------------------
+
+
+def test_pending_counts_per_outbox(outbox, events_cli):
+    outbox.publish("t1")
+    outbox.publish("t2")
+
+    result = events_cli.invoke(args=["events", "pending"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "kit: 2 pending\n"
+
+
+def test_relay_once_delivers_what_is_due_and_exits(outbox, events_cli):
+    event = outbox.publish("t1")
+
+    result = events_cli.invoke(args=["events", "relay", "--once"])
+
+    assert result.exit_code == 0, result.output
+    assert [e.event_id for e in outbox.consumer.received] == [event.event_id]
+
+
+def test_parked_lists_each_parked_event_with_its_error(outbox, events_cli):
+    assert events_cli.invoke(args=["events", "parked"]).output == "no parked events\n"
+    event = park_one(outbox)
+
+    listing = events_cli.invoke(args=["events", "parked"]).output
+
+    assert listing == (
+        f"kit {event.event_id} ThingHappened aggregate=t-parked attempts=2"
+        " error=ConnectionError: consumer unreachable\n"
+    )
+
+
+def test_replay_puts_a_parked_event_back_in_line_once(outbox, events_cli):
+    event = park_one(outbox)
+
+    replayed = events_cli.invoke(args=["events", "replay", event.event_id])
+    again = events_cli.invoke(args=["events", "replay", event.event_id])
+
+    assert replayed.exit_code == 0, replayed.output
+    assert replayed.output == f"{event.event_id} will be delivered again\n"
+    assert outbox.relay.pending_count() == 1
+    assert again.exit_code == 1
+    assert f"no parked event {event.event_id}" in again.output
+
+
+def test_the_group_says_what_it_is_for(events_cli):
+    result = events_cli.invoke(args=["events", "--help"])
+
+    assert "The kit's outbox." in result.output
+    assert {"relay", "pending", "parked", "replay"} <= set(result.output.split())

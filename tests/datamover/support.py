@@ -82,7 +82,7 @@ def same_rows(pair: Pair) -> dict[str, int]:
     counts = {}
     for table in BILLING_TABLES:
         left, right = rows_of(pair.source, table), rows_of(pair.target, table)
-        assert left == right, f"{table}: {len(left)} rows in the monolith, {len(right)} in the service"
+        assert left == right, f"{table}: {len(left)} rows in the monolith, {len(right)} in service"
         counts[table] = len(left)
     return counts
 
@@ -132,8 +132,14 @@ class Writer:
                 self.failures.append(str(error)[:200])
             time.sleep(0.001)
 
-    def _one(self, connection: sa.Connection, subscriptions: list[str], invoices: list[str],
-             payments: list[str], plans: list[str]) -> None:
+    def _one(
+        self,
+        connection: sa.Connection,
+        subscriptions: list[str],
+        invoices: list[str],
+        payments: list[str],
+        plans: list[str],
+    ) -> None:
         pick = self._random.random()
         if pick < 0.35:
             invoice_id = new_id()
@@ -160,9 +166,7 @@ class Writer:
                 .values(amount_paid_minor=0, status="open", paid_at=None)
             )
         elif pick < 0.85 and payments:
-            connection.execute(
-                orm.payments.delete().where(orm.payments.c.id == payments.pop())
-            )
+            connection.execute(orm.payments.delete().where(orm.payments.c.id == payments.pop()))
         elif pick < 0.95:
             connection.execute(
                 orm.plans.update()
@@ -198,10 +202,7 @@ def fresh_verdict(runner: Any, timeout: float = 60.0) -> dict[str, Any]:
     def verdict() -> dict[str, Any] | None:
         status = runner.status()
         found = status["verdict"]
-        if found and not status["verifying"]:
-            if dt.datetime.fromisoformat(found["at"]).timestamp() >= requested:
-                return found  # type: ignore[no-any-return]
-        return None
+        fresh = found and dt.datetime.fromisoformat(found["at"]).timestamp() >= requested
+        return found if fresh and not status["verifying"] else None  # type: ignore[no-any-return]
 
     return poll(verdict, timeout=timeout, interval=0.05, message="no verdict")  # type: ignore[no-any-return]
-

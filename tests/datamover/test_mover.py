@@ -87,7 +87,10 @@ def test_verify_finds_each_planted_difference_with_its_key_and_both_values(
     assert fresh_verdict(runner)["clean"]
     changed = a_row_id(pair.source, "billing_invoices")
     missing = a_row_id(pair.source, "billing_payments")
-    raw_sql(pair.target, f"UPDATE billing_invoices SET amount_minor = amount_minor + 1 WHERE id = '{changed}'")
+    raw_sql(
+        pair.target,
+        f"UPDATE billing_invoices SET amount_minor = amount_minor + 1 WHERE id = '{changed}'",
+    )
     raw_sql(pair.target, f"DELETE FROM billing_payments WHERE id = '{missing}'")
     raw_sql(
         pair.target,

@@ -21,6 +21,8 @@ from tests.support.processes import BIN, Process, Server, free_port, poll
 
 #: Both deployables trust this key in tests (never the development default).
 TEST_KEYS = "test:integration-test-secret"
+#: The proxy's admin tokens in tests: the billing team's and the admin's.
+PROXY_TOKENS = "billing-team:billing-test-token,admin:admin-test-token"
 #: Short waits, so that a test about recovery does not wait out production backoff.
 FAST_RECOVERY = {
     "BILLING_SERVICE_RELAY_POLL_SECONDS": "0.05",
@@ -41,6 +43,10 @@ class Deployment:
         self.logs.mkdir(exist_ok=True)
         self.monolith_port = free_port()
         self.service_port = free_port()
+        self.mover_port = free_port()
+        self.proxy_port = free_port()
+        self.mover_url = f"http://127.0.0.1:{self.mover_port}"
+        self.proxy_url = f"http://127.0.0.1:{self.proxy_port}"
         self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
         self.service_url = f"http://127.0.0.1:{self.service_port}"
         self.monolith_db = f"sqlite:///{directory / 'monolith.db'}"
@@ -117,6 +123,45 @@ class Deployment:
             wait,
         )
         self._keep("service", server)
+        return server
+
+    def start_mover(self, *, wait: bool = True, **settings: object) -> Server:
+        """The data mover on the two databases (one worker, as the Procfile runs it)."""
+        env = {
+            "MOVER_SOURCE_URL": self.monolith_db,
+            "MOVER_TARGET_URL": self.service_db,
+            "MOVER_INTERNAL_KEYS": TEST_KEYS,
+            **{f"MOVER_{name}": str(value) for name, value in settings.items()},
+        }
+        argv = [str(BIN / "gunicorn"), "--config", "python:servicekit.gunicorn_conf"]
+        argv += ["--bind", f"127.0.0.1:{self.mover_port}", "--workers", "1", "datamover.wsgi:app"]
+        server = Server(self._name("mover"), argv, env, self.logs, self.mover_port)
+        if wait:
+            server.wait_until_healthy()
+        self._keep("mover", server)
+        return server
+
+    def start_proxy(self, **settings: object) -> Server:
+        """The strangler proxy in front of both, with its route table from routes.toml."""
+        database = f"sqlite:///{self.directory / 'proxy.db'}"
+        migrate("proxy", database)
+        env = {
+            "PROXY_DATABASE_URL": database,
+            "PROXY_MONOLITH_URL": self.monolith_url,
+            "PROXY_BILLING_URL": self.service_url,
+            "PROXY_MOVER_URL": self.mover_url,
+            "PROXY_INTERNAL_KEYS": TEST_KEYS,
+            "PROXY_TOKENS": PROXY_TOKENS,
+            "PROXY_POLL_SECONDS": "0.1",
+            "PROXY_FLUSH_SECONDS": "0.2",
+            **{f"PROXY_{name}": str(value) for name, value in settings.items()},
+        }
+        argv = [str(BIN / "gunicorn"), "--config", "python:strangler_proxy.gunicorn_conf"]
+        argv += ["--bind", f"127.0.0.1:{self.proxy_port}", "--workers", "2"]
+        argv += ["strangler_proxy.wsgi:app"]
+        server = Server(self._name("proxy"), argv, env, self.logs, self.proxy_port)
+        server.wait_until_healthy("/_strangler/health")
+        self._keep("proxy", server)
         return server
 
     def start_service_relay(self) -> Process:

@@ -269,7 +269,8 @@ def _describe(status: dict[str, Any]) -> str:
         return "\n".join(lines)
     if status.get("error"):
         lines.append(f"  error: {status['error']}")
-    lines.append(f"  copy  {_progress(status)}")
+    copying = status["phase"] in ("backfill", "streaming")
+    lines.append(f"  copy  {_progress(status) if copying else 'not running'}")
     lag = status.get("lag_seconds")
     lines.append(f"  lag   {'-' if lag is None else f'{lag:.3f} s'}")
     verdict = status.get("verdict")

@@ -35,7 +35,7 @@ from datamover.metrics import Metrics
 from datamover.moves import Move
 from datamover.schema import SchemaMismatch, TableSpec, matching_tables
 from datamover.state import DONE, LeaseHeld, MoveState, StateStore
-from datamover.verify import Verifier
+from datamover.verify import VerificationCancelled, Verifier
 from servicekit.errors import Conflict
 
 __all__ = ["MoveRunner", "Refused", "Tuning"]
@@ -85,6 +85,7 @@ class MoveRunner:
         self._specs: list[TableSpec] = []
         self._verifying = threading.Lock()
         self._verify_requested = threading.Event()
+        self._cancel_verification = threading.Event()
         self._drained_at = 0.0
         self._drained = threading.Condition()
         self._oldest_pending: float | None = None
@@ -141,6 +142,10 @@ class MoveRunner:
             # Only the lease holder may take capture away from under a move.
             self.store.acquire(self.holder, self.tuning.lease)
             self._halt()
+            # A verification reading the tables would hold up the DROP TRIGGER.
+            self._cancel_verification.set()
+            with self._verifying:
+                self._cancel_verification.clear()
             specs = self._specs or self._check_schema()
             with self.source.begin() as source:
                 self.dialect.remove_capture(source, specs)
@@ -162,6 +167,7 @@ class MoveRunner:
 
     def close(self) -> None:
         self._halt()
+        self._cancel_verification.set()
         for engine in (self.source, self.target, *self.readers):
             engine.dispose()
 
@@ -434,8 +440,12 @@ class MoveRunner:
                     self._specs,
                     sides=self.sides,
                     wait_for_capture=self.wait_for_capture,
+                    cancelled=self._cancel_verification.is_set,
                     range_rows=self.tuning.verify_range_rows,
                 ).run()
+            except VerificationCancelled:
+                logger.info("move %s: verification cancelled", self.move.name)
+                return
             except Exception as exc:
                 logger.exception("move %s: verification failed", self.move.name)
                 verdict = {

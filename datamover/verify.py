@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from datamover.dialects import Dialect, Key
 from datamover.schema import TableSpec
 
-__all__ = ["DEFAULT_LEAF_ROWS", "DEFAULT_RANGE_ROWS", "Verifier"]
+__all__ = ["DEFAULT_LEAF_ROWS", "DEFAULT_RANGE_ROWS", "VerificationCancelled", "Verifier"]
 
 DEFAULT_RANGE_ROWS = 10_000
 #: A differing range this small is compared row by row.
@@ -44,6 +44,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes | memoryview):
         return bytes(value).hex()
     return value
+
+
+class VerificationCancelled(Exception):
+    """The move stopped while it was being verified: no verdict."""
 
 
 @dataclasses.dataclass
@@ -64,6 +68,7 @@ class Verifier:
         *,
         sides: tuple[str, str],
         wait_for_capture: Callable[[float], bool],
+        cancelled: Callable[[], bool] = lambda: False,
         range_rows: int = DEFAULT_RANGE_ROWS,
         leaf_rows: int = DEFAULT_LEAF_ROWS,
         rounds: int = DEFAULT_ROUNDS,
@@ -76,6 +81,7 @@ class Verifier:
         self._specs = specs
         self._sides = sides
         self._wait_for_capture = wait_for_capture
+        self._cancelled = cancelled
         self._range_rows = range_rows
         self._leaf_rows = max(2, leaf_rows)
         self._rounds = rounds
@@ -110,13 +116,17 @@ class Verifier:
         found: list[Key] = []
         rows = 0
         lo: Key | None = None
-        with self._source.connect() as source:
-            while True:
+        while True:
+            if self._cancelled():
+                raise VerificationCancelled(f"verification of {spec.name} was cancelled")
+            # A short transaction per range: a verifier must never hold a lock
+            # that a migration (or the mover's own stop) would queue behind.
+            with self._source.connect() as source:
                 hi = self._dialect.key_after(source, spec, lo, self._range_rows)
-                rows += self._compare(spec, lo, hi, found)
-                if hi is None:
-                    return rows, found
-                lo = hi
+            rows += self._compare(spec, lo, hi, found)
+            if hi is None:
+                return rows, found
+            lo = hi
 
     def _compare(self, spec: TableSpec, lo: Key | None, hi: Key | None, found: list[Key]) -> int:
         with self._source.connect() as source, self._target.connect() as target:
@@ -143,7 +153,7 @@ class Verifier:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         diverged = []
         for _ in range(self._rounds):
-            if not candidates:
+            if not candidates or self._cancelled():
                 break
             self._wait_for_capture(time.time())
             still = []

@@ -32,12 +32,14 @@ def require_postgres() -> None:
         pytest.skip(message + "; start it or set TEST_POSTGRES_ADMIN_URL to run these tests")
 
 
-def create_database(prefix: str = "strangler_test") -> str:
-    """Create an empty database and return its URL."""
+def create_database(prefix: str = "strangler_test", *, template: str | None = None) -> str:
+    """Create a database — empty, or a copy of the database at URL ``template``
+    (nobody may be connected to it) — and return its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template else ""
     engine = admin_engine()
     with engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
     engine.dispose()
     return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 

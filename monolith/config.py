@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from servicekit.outbox import DEFAULT_MAX_ATTEMPTS
+from servicekit.ports import local_url
 from servicekit.web import DEFAULT_MAX_BODY_BYTES, openapi_settings
 
 ENV_PREFIX = "MONOLITH"
@@ -14,7 +15,6 @@ DEFAULT_DATABASE_FILE = os.path.join("var", "monolith.db")
 DEFAULT_RELAY_POLL_SECONDS = 0.5
 #: Where billing runs (monolith/billing_port.py): "inprocess" or "http".
 DEFAULT_BILLING_ADAPTER = "inprocess"
-DEFAULT_BILLING_SERVICE_URL = "http://127.0.0.1:8002"
 
 
 def defaults() -> dict[str, Any]:
@@ -28,7 +28,7 @@ def defaults() -> dict[str, Any]:
         # process retries what failed. Tests may turn the eager path off.
         "EVENTS_DELIVER_EAGERLY": True,
         "BILLING_ADAPTER": DEFAULT_BILLING_ADAPTER,
-        "BILLING_SERVICE_URL": DEFAULT_BILLING_SERVICE_URL,
+        "BILLING_SERVICE_URL": local_url("billing"),
         # "k2:secret,k1:old-secret" signs internal calls with the first key and
         # accepts all; empty means the development key, with a warning.
         "INTERNAL_KEYS": "",

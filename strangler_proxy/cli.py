@@ -1,7 +1,7 @@
 """``strangler``: move routes between the monolith and a service from a shell.
 
-It talks to the proxy's admin API (``STRANGLER_URL``, default
-http://127.0.0.1:8000) with the bearer token in ``STRANGLER_TOKEN``. Every
+It talks to the proxy's admin API (``STRANGLER_URL``, default the proxy on
+this machine at ``PROXY_PORT``, 8000) with the bearer token in ``STRANGLER_TOKEN``. Every
 refusal (401, 403, 409, 422, ...) prints the proxy's message and exits 1.
 """
 
@@ -16,9 +16,10 @@ from typing import Any
 import click
 import httpx
 
+from servicekit.ports import local_url
+
 __all__ = ["main"]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 5.0
 API = "/_strangler"
 
@@ -61,8 +62,8 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 @click.option(
     "--url",
     envvar="STRANGLER_URL",
-    default=DEFAULT_URL,
-    show_default=True,
+    default=lambda: local_url("proxy"),
+    show_default="the proxy at PROXY_PORT",
     help="The proxy (env STRANGLER_URL).",
 )
 @click.option("--token", envvar="STRANGLER_TOKEN", help="Bearer token (env STRANGLER_TOKEN).")

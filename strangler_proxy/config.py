@@ -9,15 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from servicekit.ports import local_url
 from strangler_proxy.datagate import DEFAULT_MAX_LAG, DEFAULT_VERIFY_MAX_AGE
 
 ENV_PREFIX = "PROXY_"
 DEFAULT_DATABASE_FILE = os.path.join("var", "proxy.db")
 DEFAULT_ROUTES_FILE = str(Path(__file__).with_name("routes.toml"))
-DEFAULT_MONOLITH_URL = "http://127.0.0.1:8001"
-DEFAULT_BILLING_URL = "http://127.0.0.1:8002"
-#: The data mover (datamover/): the state of each move gates leaving the monolith.
-DEFAULT_MOVER_URL = "http://127.0.0.1:8003"
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_SHADOW_TIMEOUT = 2.0
@@ -45,9 +42,10 @@ def defaults() -> dict[str, Any]:
     return {
         "DATABASE_URL": "sqlite:///" + os.path.abspath(DEFAULT_DATABASE_FILE),
         "ROUTES_FILE": DEFAULT_ROUTES_FILE,
-        "MONOLITH_URL": DEFAULT_MONOLITH_URL,
-        "BILLING_URL": DEFAULT_BILLING_URL,
-        "MOVER_URL": DEFAULT_MOVER_URL,
+        "MONOLITH_URL": local_url("monolith"),
+        "BILLING_URL": local_url("billing"),
+        # The data mover (datamover/): the state of each move gates leaving the monolith.
+        "MOVER_URL": local_url("mover"),
         # Signs the commands sent to the data mover; empty: the development key.
         "INTERNAL_KEYS": "",
         "DATA_MAX_LAG": DEFAULT_MAX_LAG,

@@ -13,12 +13,11 @@ from servicekit.httpclient import (
     DEFAULT_READ_RETRIES,
     DEFAULT_READ_TIMEOUT,
 )
+from servicekit.ports import local_url
 from servicekit.web import DEFAULT_MAX_BODY_BYTES, openapi_settings
 
 ENV_PREFIX = "BILLING_SERVICE"
 DEFAULT_DATABASE_FILE = os.path.join("var", "billing_service.db")
-#: The monolith: its users API, and its inbox for billing's events.
-DEFAULT_MONOLITH_URL = "http://127.0.0.1:8001"
 DEFAULT_RELAY_POLL_SECONDS = 0.2
 #: Delivery crosses the network now: keep trying for about an hour of
 #: backoff (capped at DEFAULT_EVENTS_BACKOFF_MAX_SECONDS) before parking.
@@ -31,14 +30,14 @@ def defaults() -> dict[str, Any]:
         # Relative to the working directory, which `make run` sets to the project root.
         "DATABASE_URL": "sqlite:///" + os.path.abspath(DEFAULT_DATABASE_FILE),
         "MAX_CONTENT_LENGTH": DEFAULT_MAX_BODY_BYTES,
-        "USERS_URL": DEFAULT_MONOLITH_URL,
+        "USERS_URL": local_url("monolith"),
         "USERS_CONNECT_TIMEOUT": DEFAULT_CONNECT_TIMEOUT,
         "USERS_READ_TIMEOUT": DEFAULT_READ_TIMEOUT,
         "USERS_RETRIES": DEFAULT_READ_RETRIES,
         "USERS_BREAKER_FAILURES": DEFAULT_BREAKER_FAILURES,
         "USERS_BREAKER_RESET": DEFAULT_BREAKER_RESET,
         # Where billing's events are delivered: the monolith's /internal/events.
-        "EVENTS_URL": DEFAULT_MONOLITH_URL,
+        "EVENTS_URL": local_url("monolith"),
         "EVENTS_BREAKER_RESET": DEFAULT_BREAKER_RESET,
         "EVENTS_MAX_ATTEMPTS": DEFAULT_EVENTS_MAX_ATTEMPTS,
         "EVENTS_BACKOFF_MAX_SECONDS": DEFAULT_EVENTS_BACKOFF_MAX_SECONDS,

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from types import FrameType
 
 import click
+import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from servicekit.outbox import OutboxRelay
@@ -26,6 +27,9 @@ from servicekit.outbox import OutboxRelay
 __all__ = ["events_group"]
 
 logger = logging.getLogger(__name__)
+
+#: The longest wait between two attempts while the database cannot be read.
+MAX_RETRY_PAUSE = 5.0
 
 
 def events_group(
@@ -54,13 +58,28 @@ def events_group(
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        pause = poll_seconds
         while True:
-            delivered = sum(r.relay_pending().delivered for r in relays.values())
+            try:
+                delivered = sum(r.relay_pending().delivered for r in relays.values())
+                pause = poll_seconds
+            except sa.exc.DBAPIError as error:
+                if once:
+                    raise
+                # A locked SQLite file (a seed running beside `make run`) or a
+                # database restarting: the events wait in the outbox; try again.
+                pause = min(MAX_RETRY_PAUSE, max(pause * 2, poll_seconds))
+                logger.warning(
+                    "could not read the outbox (%s); retrying in %.1fs",
+                    str(error.orig).strip() or type(error.orig).__name__,
+                    pause,
+                )
+                delivered = 0
             if delivered:
                 logger.info("relayed %s event(s)", delivered)
             if once or stopping:
                 return
-            time.sleep(poll_seconds)
+            time.sleep(pause)
 
     @events.command("pending")
     def pending() -> None:

@@ -8,6 +8,10 @@ for the monolith, the billing service and whatever registers them next.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import signal
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +23,7 @@ from sqlalchemy.orm import sessionmaker
 from servicekit.cli import events_group
 from servicekit.db import create_engine
 from servicekit.events import Envelope, IntegrationEvent
-from servicekit.outbox import OutboxRelay, eager_delivery, outbox_table
+from servicekit.outbox import OutboxRelay, RelayReport, eager_delivery, outbox_table
 from servicekit.uow import UnitOfWork
 
 SOURCE = "kit"
@@ -182,3 +186,41 @@ def test_the_group_says_what_it_is_for(events_cli):
 
     assert "The kit's outbox." in result.output
     assert {"relay", "pending", "parked", "replay"} <= set(result.output.split())
+
+
+class LockedOnce:
+    """A relay whose database is locked on the first round (a seed writing beside it)."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def relay_pending(self) -> RelayReport:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise sa.exc.OperationalError(
+                "SELECT", {}, sqlite3.OperationalError("database is locked")
+            )
+        os.kill(os.getpid(), signal.SIGTERM)  # the relay's own handler: finish the round, leave
+        return RelayReport(delivered=1)
+
+
+def test_the_relay_outlives_a_locked_database_and_says_so(caplog):
+    relay = LockedOnce()
+    app = Flask("kit")
+    app.cli.add_command(events_group({SOURCE: relay}, poll_seconds=0.0, description="locked"))
+
+    with caplog.at_level(logging.WARNING):
+        result = app.test_cli_runner().invoke(args=["events", "relay"])
+
+    assert result.exit_code == 0, result.output
+    assert relay.rounds == 2
+    assert "could not read the outbox (database is locked); retrying" in caplog.text
+
+
+def test_relay_once_still_fails_loudly_on_a_locked_database():
+    app = Flask("kit")
+    app.cli.add_command(
+        events_group({SOURCE: LockedOnce()}, poll_seconds=0.0, description="locked")
+    )
+    result = app.test_cli_runner().invoke(args=["events", "relay", "--once"])
+    assert isinstance(result.exception, sa.exc.OperationalError)

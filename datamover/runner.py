@@ -27,6 +27,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from datamover import state as phases
@@ -41,6 +42,9 @@ from servicekit.errors import Conflict
 __all__ = ["MoveRunner", "Refused", "Tuning"]
 
 logger = logging.getLogger(__name__)
+
+#: The longest wait between two attempts while a database is unavailable.
+MAX_RETRY_PAUSE = 5.0
 
 
 class Refused(Conflict):
@@ -92,6 +96,8 @@ class MoveRunner:
         self._rate = 0.0
         self._waiting_for: str | None = None
         self._lease_renewed = 0.0
+        self._retry_pause = tuning.poll
+        self._last_state = MoveState(move.name)
 
     # --- commands ----------------------------------------------------------------
 
@@ -178,7 +184,14 @@ class MoveRunner:
     # --- status ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        state = self.store.load()
+        unavailable = None
+        try:
+            state = self._last_state = self.store.load()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            state, unavailable = (
+                self._last_state,
+                f"the target database is unavailable: {error.orig}",
+            )
         verdict = state.verdict
         lag = None
         if state.phase in phases.RUNNING_PHASES:
@@ -210,8 +223,10 @@ class MoveRunner:
             "verdict": verdict,
             "holder": state.holder,
             "waiting_for_lease": self._waiting_for,
-            "error": state.error,
+            "error": unavailable or state.error,
         }
+        if unavailable:
+            status["lag_seconds"] = None
         self._export(status)
         return status
 
@@ -252,39 +267,64 @@ class MoveRunner:
         self._thread = None
 
     def _run(self) -> None:
-        try:
-            self._take_lease()
-            state = self.store.load()
-            if state.phase == phases.STREAMING and state.verdict is None:
-                self._verify_requested.set()
-            last_verified = time.time()
-            while not self._stop.is_set():
-                self._renew_lease()
-                applied = self._apply_changes()
-                state = self.store.load()
-                if state.phase == phases.BACKFILL:
-                    started = time.monotonic()
-                    if self._copy_next_chunk(state):
-                        self.store.update(phase=phases.STREAMING, backfilled_at=time.time())
-                        logger.info("move %s: backfill complete, streaming changes", self.move.name)
-                        self._verify_requested.set()
-                    elif self.tuning.nice:
-                        self._stop.wait(self.tuning.nice * (time.monotonic() - started))
-                elif applied == 0:
-                    self._stop.wait(self.tuning.poll)
-                if time.time() - last_verified > self.tuning.verify_every:
-                    self._verify_requested.set()
-                if self._verify_requested.is_set() and not self._verifying.locked():
-                    self._verify_requested.clear()
-                    last_verified = time.time()
-                    threading.Thread(
-                        target=self._verify, name=f"verify-{self.move.name}", daemon=True
-                    ).start()
-        except Exception as exc:
-            if self._stop.is_set():
+        while not self._stop.is_set():
+            try:
+                self._take_lease()
+                self._turns()
+            except LeaseHeld as held:
+                # Our lease lapsed (a long outage) and another mover took over: stand by.
+                logger.warning("move %s: %s", self.move.name, held)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+                if self._stop.is_set():
+                    return
+                # A database restarting or a lock held too long: nothing is lost
+                # (the checkpoint and the change table are where they were).
+                self._retry_pause = min(MAX_RETRY_PAUSE, self._retry_pause * 2)
+                pause = self._retry_pause
+                self._oldest_pending = self._oldest_pending or time.time()
+                logger.warning(
+                    "move %s: a database is unavailable (%s); retrying in %.1fs",
+                    self.move.name,
+                    str(error.orig).strip().splitlines()[0] if error.orig else error,
+                    pause,
+                )
+                self._stop.wait(pause)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                logger.exception("move %s failed", self.move.name)
+                self.store.update(phase=phases.FAILED, error=f"{type(exc).__name__}: {exc}")
                 return
-            logger.exception("move %s failed", self.move.name)
-            self.store.update(phase=phases.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def _turns(self) -> None:
+        """The loop proper: changes, a chunk, a pause; verification when due."""
+        state = self.store.load()
+        if state.phase == phases.STREAMING and state.verdict is None:
+            self._verify_requested.set()
+        last_verified = time.time()
+        while not self._stop.is_set():
+            self._renew_lease()
+            applied = self._apply_changes()
+            self._retry_pause = self.tuning.poll  # the databases answer again
+            state = self.store.load()
+            if state.phase == phases.BACKFILL:
+                started = time.monotonic()
+                if self._copy_next_chunk(state):
+                    self.store.update(phase=phases.STREAMING, backfilled_at=time.time())
+                    logger.info("move %s: backfill complete, streaming changes", self.move.name)
+                    self._verify_requested.set()
+                elif self.tuning.nice:
+                    self._stop.wait(self.tuning.nice * (time.monotonic() - started))
+            elif applied == 0:
+                self._stop.wait(self.tuning.poll)
+            if time.time() - last_verified > self.tuning.verify_every:
+                self._verify_requested.set()
+            if self._verify_requested.is_set() and not self._verifying.locked():
+                self._verify_requested.clear()
+                last_verified = time.time()
+                threading.Thread(
+                    target=self._verify, name=f"verify-{self.move.name}", daemon=True
+                ).start()
 
     def _take_lease(self) -> None:
         while not self._stop.is_set():

@@ -59,6 +59,8 @@ def test_backfill_under_concurrent_writes_converges_and_verifies_clean(
     assert verdict["rows_checked"] == sum(counts.values())
     assert counts["billing_invoices"] > 1_500
     assert counts["billing_idempotency_keys"] >= 20
+    # Copied rows never pass through the service's code: nothing to publish.
+    assert rows_of(pair.target, "billing_outbox") == []
 
 
 def test_an_operator_update_outside_the_app_reaches_the_service(pair: Pair, mover: Flask) -> None:
@@ -183,3 +185,30 @@ def test_stop_removes_capture_and_a_restart_copies_what_changed_meanwhile(
 
     assert fresh_verdict(runner)["clean"]
     same_rows(pair)
+
+
+def test_a_database_outage_is_waited_out_not_failed(pair: Pair, mover: Flask) -> None:
+    if pair.backend != "postgres":
+        pytest.skip("an outage is simulated by terminating PostgreSQL sessions")
+    runner = runners_of(mover)["billing"]
+    with Writer(pair.source, limit=1_500, seconds=20) as writer:
+        runner.start()
+        for _ in range(3):  # the mover's sessions on both databases die under it
+            poll(lambda: runner.status()["rows_copied"] > 0, timeout=20)
+            for url in (pair.source, pair.target):
+                terminate_sessions_other_than_mine(url)
+        wait_for_phase(runner.status, "streaming", timeout=60)
+        poll(lambda: writer.done > 300, timeout=20)
+    poll(lambda: runner.status()["lag_seconds"] == 0.0, timeout=30)
+    assert runner.status()["error"] is None
+    assert fresh_verdict(runner)["clean"]
+    same_rows(pair)
+
+
+def terminate_sessions_other_than_mine(url: str) -> None:
+    name = sa.engine.make_url(url).database
+    raw_sql(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+    )

@@ -65,7 +65,7 @@ class MoverProcess:
 @pytest.fixture
 def mover_process(pair: Pair, tmp_path: Path) -> Iterator[MoverProcess]:
     # Slow chunks (a nice of 3) stretch the backfill so that kills land inside it.
-    process = MoverProcess(pair, tmp_path, CHUNK_ROWS=100, NICE=3)
+    process = MoverProcess(pair, tmp_path, CHUNK_ROWS=100, NICE=3, LEASE_SECONDS=1)
     yield process
     process.stop()
 
@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_loses_nothing(pair: Pair, mover_process: Move
     with Writer(pair.source, limit=4_000, seconds=60) as writer:
         server = mover_process.start()
         mover_process.command("start")
-        for _ in range(4):
+        for _ in range(3):
             poll(lambda: mover_process.status()["rows_copied"] > 0, timeout=20)
             # A random moment: mid-chunk, mid-apply, mid-checkpoint, mid-verify.
             _wait(chance.uniform(0.05, 0.6))

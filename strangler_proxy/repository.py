@@ -255,6 +255,13 @@ class RouteStore:
                 for row in connection.execute(query)
             }
 
+    def traffic_rows(self, since: dt.datetime) -> list[dict[str, Any]]:
+        """Every worker's flushed counts since ``since``, oldest first (the
+        dashboard's live panel sums them per route and per time step)."""
+        query = sa.select(orm.traffic).where(orm.traffic.c.at >= since).order_by(orm.traffic.c.at)
+        with self._reader.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
     def forget_traffic(self, before: dt.datetime) -> None:
         with self.engine.begin() as connection:
             connection.execute(orm.traffic.delete().where(orm.traffic.c.at < before))

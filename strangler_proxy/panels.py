@@ -1,0 +1,316 @@
+"""What the dashboard shows, computed from plain data: no Flask, no SQL.
+
+Each function takes what the route store or the data mover returned and gives
+the templates values ready to print, so unit tests check the arithmetic and
+the words without a browser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import fnmatch
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from strangler_proxy.traffic import LATENCY_BOUNDS_MS
+
+__all__ = [
+    "CHART_SECONDS",
+    "DataMover",
+    "Gate",
+    "RouteTraffic",
+    "describe_state",
+    "history_panel",
+    "mover_statuses",
+    "percentile",
+    "route_gates",
+    "side_by_side",
+    "traffic_panel",
+]
+
+#: The chart covers this much history, in steps of this many seconds.
+CHART_SECONDS = 180
+CHART_STEP_SECONDS = 5
+#: The figures beside the chart are over this many seconds (as the admin API's rates).
+RECENT_SECONDS = 10
+#: Replication lag at or under which the copied data counts as in sync.
+IN_SYNC_LAG_SECONDS = 5.0
+#: How ``domain.demotion_reason`` starts every reason it gives.
+AUTO_DEMOTION_PREFIX = "auto-demotion"
+SPARK_WIDTH, SPARK_HEIGHT = 120, 32
+
+
+class DataMover(Protocol):
+    """What the proxy's ``data`` attribute offers once the data mover runs."""
+
+    def status(self, move: str) -> dict[str, Any] | None: ...
+
+
+# --- live traffic ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteTraffic:
+    """One route's traffic: the recent figures and the chart's series (req/s per step)."""
+
+    route: str
+    rate: float
+    monolith_rate: float
+    service_rate: float
+    shadow_rate: float
+    error_rate: float
+    p50_ms: float | None
+    p99_ms: float | None
+    total: tuple[float, ...]
+    service: tuple[float, ...]
+    errors: tuple[float, ...]
+
+    @property
+    def service_share(self) -> float:
+        """The service's share of the answers whose upstream is known (0..1)."""
+        known = self.monolith_rate + self.service_rate
+        return self.service_rate / known if known else 0.0
+
+    @property
+    def peak(self) -> float:
+        return max((*self.total, *self.service, *self.errors, 0.0))
+
+    def points(self, series: str) -> str:
+        """An SVG polyline's ``points`` for ``series``, scaled to this route's peak."""
+        values: Sequence[float] = getattr(self, series)
+        peak = self.peak or 1.0
+        step = SPARK_WIDTH / max(1, len(values) - 1)
+        return " ".join(
+            f"{index * step:.1f},{SPARK_HEIGHT - 1 - value / peak * (SPARK_HEIGHT - 2):.1f}"
+            for index, value in enumerate(values)
+        )
+
+
+def traffic_panel(
+    rows: Iterable[Mapping[str, Any]], routes: Sequence[str], now: dt.datetime
+) -> list[RouteTraffic]:
+    """Sum every worker's flushed rows per route: recent rates and the chart."""
+    steps = CHART_SECONDS // CHART_STEP_SECONDS
+    start = now - dt.timedelta(seconds=CHART_SECONDS)
+    recent_since = now - dt.timedelta(seconds=RECENT_SECONDS)
+    series = {name: ([0] * steps, [0] * steps, [0] * steps) for name in routes}
+    recent = {name: dict.fromkeys(_RECENT_COUNTS, 0) for name in routes}
+    latency = {name: [0] * (len(LATENCY_BOUNDS_MS) + 1) for name in routes}
+    for row in rows:
+        name, at = row["route"], row["at"]
+        if name not in series or at < start:
+            continue
+        index = min(steps - 1, int((at - start).total_seconds() // CHART_STEP_SECONDS))
+        total, service, errors = series[name]
+        total[index] += row["requests"]
+        service[index] += row.get("via_service") or 0
+        errors[index] += row["errors"]
+        if at >= recent_since:
+            counts = recent[name]
+            for key in _RECENT_COUNTS:
+                counts[key] += row.get(key) or 0
+            for slot, count in enumerate(row.get("latency") or ()):
+                latency[name][slot] += count
+    panel = []
+    for name in routes:
+        counts, (total, service, errors) = recent[name], series[name]
+        requests = counts["requests"]
+        panel.append(
+            RouteTraffic(
+                route=name,
+                rate=requests / RECENT_SECONDS,
+                monolith_rate=counts["via_monolith"] / RECENT_SECONDS,
+                service_rate=counts["via_service"] / RECENT_SECONDS,
+                shadow_rate=counts["shadows"] / RECENT_SECONDS,
+                error_rate=counts["errors"] / requests if requests else 0.0,
+                p50_ms=percentile(latency[name], 0.50),
+                p99_ms=percentile(latency[name], 0.99),
+                total=tuple(count / CHART_STEP_SECONDS for count in total),
+                service=tuple(count / CHART_STEP_SECONDS for count in service),
+                errors=tuple(count / CHART_STEP_SECONDS for count in errors),
+            )
+        )
+    return panel
+
+
+_RECENT_COUNTS = ("requests", "errors", "via_monolith", "via_service", "shadows")
+
+
+def percentile(buckets: Sequence[int], q: float) -> float | None:
+    """The upper bound (ms) of the latency bucket holding quantile ``q``; None
+    without requests, infinity when it lies past the last bound."""
+    total = sum(buckets)
+    if not total:
+        return None
+    seen = 0
+    for bound, count in zip((*LATENCY_BOUNDS_MS, math.inf), buckets, strict=False):
+        seen += count
+        if seen >= q * total:
+            return float(bound)
+    return math.inf
+
+
+# --- the data mover and the gates ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """One question a route must answer before it moves, in plain words."""
+
+    question: str
+    answer: str
+    state: str  # "yes", "no" or "unknown"
+
+
+def mover_statuses(mover: DataMover | None, moves: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Each move's status; a move whose status fails or is None is left out
+    (the mover is not running for it)."""
+    statuses: dict[str, dict[str, Any]] = {}
+    if mover is None:
+        return statuses
+    for move in moves:
+        try:
+            status = mover.status(move)
+        except Exception:  # the mover is someone else's process: any failure means "not running"
+            continue
+        if status is not None:
+            statuses[move] = status
+    return statuses
+
+
+def route_gates(
+    move: str | None, statuses: Mapping[str, Mapping[str, Any]], mover_running: bool
+) -> list[Gate]:
+    """Data in sync? Verify clean? Reverse stream running? — for a route whose data is ``move``."""
+    status = statuses.get(move) if move else None
+    if status is None:
+        why = (
+            "unknown: the route names no data move"
+            if move is None
+            else f"unknown: the data mover is not running for {move}"
+            if mover_running
+            else "unknown: the data mover is not running"
+        )
+        return [Gate(question, why, "unknown") for question in _GATE_QUESTIONS]
+    return [_in_sync(status), _verified(status), _reverse(status)]
+
+
+_GATE_QUESTIONS = ("data in sync?", "verify clean?", "reverse stream running?")
+
+
+def _in_sync(status: Mapping[str, Any]) -> Gate:
+    question, phase, lag = _GATE_QUESTIONS[0], status.get("phase"), status.get("lag_seconds")
+    if phase == "backfill":
+        copied, total = status.get("rows_copied", 0), status.get("rows_total", 0)
+        return Gate(question, f"no: still copying ({copied:,} of {total:,} rows)", "no")
+    if phase == "stopped":
+        return Gate(question, "no: the copy is stopped", "no")
+    if phase == "streaming" and lag is None:
+        return Gate(question, "unknown: streaming, lag not measured yet", "unknown")
+    if phase == "streaming":
+        if lag <= IN_SYNC_LAG_SECONDS:
+            return Gate(question, f"yes: streaming, {lag:.1f} s behind", "yes")
+        return Gate(question, f"no: streaming but {lag:.1f} s behind", "no")
+    return Gate(question, "unknown", "unknown")
+
+
+def _verified(status: Mapping[str, Any]) -> Gate:
+    question, verdict = _GATE_QUESTIONS[1], status.get("verdict")
+    if not verdict:
+        return Gate(question, "unknown: not verified yet", "unknown")
+    checked = verdict.get("rows_checked", 0)
+    if verdict.get("clean"):
+        return Gate(question, f"yes: {checked:,} rows checked at {verdict.get('at')}", "yes")
+    diverged = len(verdict.get("diverged") or ())
+    return Gate(question, f"no: {diverged} of {checked:,} rows differ", "no")
+
+
+def _reverse(status: Mapping[str, Any]) -> Gate:
+    # The mover's status does not promise this key yet: "unknown" until it does.
+    question, reverse = _GATE_QUESTIONS[2], status.get("reverse")
+    if reverse is True:
+        return Gate(question, "yes", "yes")
+    if reverse is False:
+        return Gate(question, "no", "no")
+    return Gate(question, "unknown", "unknown")
+
+
+# --- shadow mismatches ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    text: str
+    state: str  # "same", "differs" or "ignored"
+
+
+_KEY = re.compile(r'^\s*"((?:[^"\\]|\\.)*)":')
+
+
+def side_by_side(
+    monolith_body: str, service_body: str, ignore: Sequence[str]
+) -> tuple[list[Line], list[Line]]:
+    """Both bodies pretty-printed, each line marked as the same on both sides,
+    different, or a field the comparison ignores."""
+    left, right = _pretty(monolith_body), _pretty(service_body)
+    differs_left: set[int] = set()
+    differs_right: set[int] = set()
+    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            differs_left.update(range(i1, i2))
+            differs_right.update(range(j1, j2))
+    return _marked(left, differs_left, ignore), _marked(right, differs_right, ignore)
+
+
+def _pretty(body: str) -> list[str]:
+    try:
+        return json.dumps(json.loads(body), indent=2, sort_keys=True).splitlines()
+    except ValueError:  # a truncated sample or not JSON: show it as it came
+        return body.splitlines()
+
+
+def _marked(lines: list[str], differs: set[int], ignore: Sequence[str]) -> list[Line]:
+    marked = []
+    for index, text in enumerate(lines):
+        key = _KEY.match(text)
+        if key and any(fnmatch.fnmatchcase(key.group(1), pattern) for pattern in ignore):
+            marked.append(Line(text, "ignored"))
+        else:
+            marked.append(Line(text, "differs" if index in differs else "same"))
+    return marked
+
+
+# --- history ------------------------------------------------------------------------
+
+
+def describe_state(state: Mapping[str, Any] | None) -> str:
+    """``canary 25%``, ``service``, ... from an audit entry's before/after."""
+    if not state:
+        return "(new)"
+    if state.get("mode") == "canary":
+        return f"canary {state.get('percent')}%"
+    return str(state.get("mode"))
+
+
+def history_panel(
+    entries_by_route: Mapping[str, Sequence[Mapping[str, Any]]], limit: int
+) -> list[dict[str, Any]]:
+    """Every route's audit entries merged, newest first, auto-demotions marked."""
+    merged = [
+        {
+            **entry,
+            "before_words": describe_state(entry.get("before")),
+            "after_words": describe_state(entry.get("after")),
+            "demotion": str(entry.get("reason", "")).startswith(AUTO_DEMOTION_PREFIX),
+        }
+        for entries in entries_by_route.values()
+        for entry in entries
+    ]
+    merged.sort(key=lambda entry: (entry["at"], entry["revision"]), reverse=True)
+    return merged[:limit]

@@ -20,7 +20,7 @@ import hmac
 import logging
 import math
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import marshmallow as ma
 from flask import (
@@ -179,7 +179,7 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
         notices = [notice] if notice else []
         notices += [
             {"kind": kind, "text": text}
-            for kind, text in get_flashed_messages(with_categories=True)
+            for kind, text in cast("list[tuple[str, str]]", get_flashed_messages(True))
         ]
         body = render_template(
             "dashboard/index.html",
@@ -258,7 +258,7 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
     def roll_back(name: str) -> Any:
         return change(name, {**request.form, "mode": "monolith", "percent": ""})
 
-    def change(name: str, form: dict[str, str]) -> Response:
+    def change(name: str, form: dict[str, str]) -> Any:
         team = signed_in_team()
         if team is None:
             return _signin("Your session ended: sign in again.", 401)

@@ -11,11 +11,12 @@ import dataclasses
 import datetime as dt
 import difflib
 import fnmatch
+import functools
 import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from strangler_proxy.traffic import LATENCY_BOUNDS_MS
 
@@ -210,9 +211,9 @@ def _in_sync(status: Mapping[str, Any]) -> Gate:
         return Gate(question, f"no: still copying ({copied:,} of {total:,} rows)", "no")
     if phase == "stopped":
         return Gate(question, "no: the copy is stopped", "no")
-    if phase == "streaming" and lag is None:
-        return Gate(question, "unknown: streaming, lag not measured yet", "unknown")
     if phase == "streaming":
+        if lag is None:
+            return Gate(question, "unknown: streaming, lag not measured yet", "unknown")
         if lag <= IN_SYNC_LAG_SECONDS:
             return Gate(question, f"yes: streaming, {lag:.1f} s behind", "yes")
         return Gate(question, f"no: streaming but {lag:.1f} s behind", "no")
@@ -243,8 +244,7 @@ def _reverse(status: Mapping[str, Any]) -> Gate:
 # --- shadow mismatches ----------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     text: str
     state: str  # "same", "differs" or "ignored"
 
@@ -276,14 +276,23 @@ def _pretty(body: str) -> list[str]:
 
 
 def _marked(lines: list[str], differs: set[int], ignore: Sequence[str]) -> list[Line]:
+    ignored = _ignored(tuple(ignore))
     marked = []
     for index, text in enumerate(lines):
         key = _KEY.match(text)
-        if key and any(fnmatch.fnmatchcase(key.group(1), pattern) for pattern in ignore):
+        if key and ignored.fullmatch(key.group(1)):
             marked.append(Line(text, "ignored"))
         else:
             marked.append(Line(text, "differs" if index in differs else "same"))
     return marked
+
+
+@functools.lru_cache(maxsize=64)
+def _ignored(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """The ignore globs as one regex (what ``fnmatch.fnmatchcase`` does, once)."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
 # --- history ------------------------------------------------------------------------

@@ -54,8 +54,12 @@ logger = logging.getLogger(__name__)
 SESSION_COOKIE = "strangler_dashboard"
 SESSION_LIFETIME = dt.timedelta(hours=8)
 LIVE_REFRESH_MS = 1500
-HISTORY_PER_ROUTE = 10
 HISTORY_SHOWN = 40
+#: The newest mismatches shown side by side on the page; each route's own
+#: page shows its latest ``MISMATCHES_PER_ROUTE_PAGE`` so. (Pretty-printing
+#: and diffing 50 bodies was most of the page's render time.)
+SIDE_BY_SIDE_ON_PAGE = 10
+MISMATCHES_PER_ROUTE_PAGE = 5
 #: Response headers of every dashboard page: no framing, no inline script,
 #: nothing cached (it shows who is signed in).
 SECURITY_HEADERS = {
@@ -165,17 +169,13 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
         mover = getattr(proxy, "data", None)
         moves = sorted({m for m in (getattr(r, "data", None) for r in routes) if m})
         statuses = panels.mover_statuses(mover, moves)
-        mismatches = []
-        for route in routes:
-            for row in proxy.store.mismatches(route.name, 1):
-                left, right = panels.side_by_side(
-                    row["monolith_body"], row["service_body"], route.ignore
-                )
-                mismatches.append({"route": route, "row": row, "left": left, "right": right})
-        history = panels.history_panel(
-            {r.name: proxy.store.history(r.name, HISTORY_PER_ROUTE) for r in routes},
-            HISTORY_SHOWN,
-        )
+        mismatches: list[dict[str, Any]] = []
+        for row in proxy.store.latest_mismatches():
+            route = table.by_name.get(row["route"])
+            if route is not None:  # else a route since removed from the table
+                full = len(mismatches) < SIDE_BY_SIDE_ON_PAGE
+                mismatches.append(_mismatch(route, row, side_by_side=full))
+        history = panels.history_panel(proxy.store.recent_history(HISTORY_SHOWN))
         notices = [notice] if notice else []
         notices += [
             {"kind": kind, "text": text}
@@ -188,7 +188,7 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
             routes=[
                 {
                     "route": route,
-                    "mode_words": _MODE_WORDS.get(route.mode, route.mode),
+                    "mode_words": _mode_words(route),
                     "gates": panels.route_gates(
                         getattr(route, "data", None), statuses, mover is not None
                     ),
@@ -197,10 +197,10 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
                 for route in routes
             ],
             modes=MODES,
-            traffic=traffic(),
-            chart_minutes=panels.CHART_SECONDS // 60,
+            **traffic(),
             refresh_ms=LIVE_REFRESH_MS,
             mismatches=mismatches,
+            side_by_side_shown=SIDE_BY_SIDE_ON_PAGE,
             data=[{"move": move, "status": statuses.get(move)} for move in moves],
             mover_running=mover is not None and (bool(statuses) or not moves),
             history=history,
@@ -208,10 +208,16 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
         )
         return Response(body, status)
 
-    def traffic() -> list[panels.RouteTraffic]:
+    def traffic() -> dict[str, Any]:
+        """What the traffic panel shows (on the page and in its live refresh)."""
         now = utcnow()
         rows = proxy.store.traffic_rows(now - dt.timedelta(seconds=panels.CHART_SECONDS))
-        return panels.traffic_panel(rows, [r.name for r in proxy.table.routes], now)
+        routes = proxy.table.routes
+        return {
+            "traffic": panels.traffic_panel(rows, [r.name for r in routes], now),
+            "mode_of": {r.name: _mode_words(r, short=True) for r in routes},
+            "chart_minutes": panels.CHART_SECONDS // 60,
+        }
 
     @bp.get("/")
     def index() -> Response:
@@ -242,11 +248,24 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
         """The traffic panel alone: the page's script swaps it in every 1.5 s."""
         if signed_in_team() is None:
             return Response("sign in again", 401, mimetype="text/plain")
+        return Response(render_template("dashboard/_traffic.html", **traffic()))
+
+    @bp.get("/dashboard/routes/<name>/mismatches")
+    def route_mismatches(name: str) -> Response:
+        """One route's latest mismatches, each side by side."""
+        team = signed_in_team()
+        if team is None:
+            return _signin()
+        proxy.refresh()
+        route = proxy.table.by_name.get(name)
+        if route is None:
+            return page(team, _notice("error", 404, f"There is no route named {name}."), 404)
+        rows = proxy.store.mismatches(name, MISMATCHES_PER_ROUTE_PAGE)
         return Response(
             render_template(
-                "dashboard/_traffic.html",
-                traffic=traffic(),
-                chart_minutes=panels.CHART_SECONDS // 60,
+                "dashboard/mismatches.html",
+                route=route,
+                mismatches=[_mismatch(route, row, side_by_side=True) for row in rows],
             )
         )
 
@@ -300,7 +319,8 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
             return page(team, _notice("error", 404, f"There is no route named {name}."), 404)
         proxy.refresh()
         flash(f"Moved {name} to {panels.describe_state(_state(changed))}.", "ok")
-        return redirect(url_for("dashboard.index") + f"#route-{name}", 303)
+        # to the top: the notice says what moved, and the live split is right below it
+        return redirect(url_for("dashboard.index"), 303)
 
     return bp
 
@@ -312,6 +332,19 @@ def _latency(ms: float | None) -> str:
     if math.isinf(ms):
         return f"> {LATENCY_BOUNDS_MS[-1] // 1000} s"
     return f"≤ {ms / 1000:g} s" if ms >= 1000 else f"≤ {ms:g} ms"
+
+
+def _mode_words(route: Any, *, short: bool = False) -> str:
+    words = route.mode if short else _MODE_WORDS.get(route.mode, route.mode)
+    return f"{words} {route.percent}%" if route.mode == "canary" else words
+
+
+def _mismatch(route: Any, row: dict[str, Any], *, side_by_side: bool) -> dict[str, Any]:
+    left: list[panels.Line] | None = None
+    right: list[panels.Line] | None = None
+    if side_by_side:
+        left, right = panels.side_by_side(row["monolith_body"], row["service_body"], route.ignore)
+    return {"route": route, "row": row, "left": left, "right": right}
 
 
 def _state(route: Any) -> dict[str, Any]:

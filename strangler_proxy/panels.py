@@ -12,6 +12,7 @@ import datetime as dt
 import difflib
 import fnmatch
 import functools
+import itertools
 import json
 import math
 import re
@@ -24,6 +25,7 @@ __all__ = [
     "CHART_SECONDS",
     "DataMover",
     "Gate",
+    "Line",
     "RouteTraffic",
     "describe_state",
     "history_panel",
@@ -255,8 +257,8 @@ _KEY = re.compile(r'^\s*"((?:[^"\\]|\\.)*)":')
 def side_by_side(
     monolith_body: str, service_body: str, ignore: Sequence[str]
 ) -> tuple[list[Line], list[Line]]:
-    """Both bodies pretty-printed, each line marked as the same on both sides,
-    different, or a field the comparison ignores."""
+    """Both bodies pretty-printed, in runs of lines that are the same on both
+    sides, different, or fields the comparison ignores."""
     left, right = _pretty(monolith_body), _pretty(service_body)
     differs_left: set[int] = set()
     differs_right: set[int] = set()
@@ -265,7 +267,19 @@ def side_by_side(
         if tag != "equal":
             differs_left.update(range(i1, i2))
             differs_right.update(range(j1, j2))
-    return _marked(left, differs_left, ignore), _marked(right, differs_right, ignore)
+    return (
+        _runs(_marked(left, differs_left, ignore)),
+        _runs(_marked(right, differs_right, ignore)),
+    )
+
+
+def _runs(lines: list[Line]) -> list[Line]:
+    """Consecutive lines in the same state joined: a template escapes a few
+    runs instead of every line (1,000 mismatches' worth of lines add up)."""
+    runs: list[Line] = []
+    for state, group in itertools.groupby(lines, key=lambda line: line.state):
+        runs.append(Line("\n".join(line.text for line in group), state))
+    return runs
 
 
 def _pretty(body: str) -> list[str]:
@@ -307,19 +321,14 @@ def describe_state(state: Mapping[str, Any] | None) -> str:
     return str(state.get("mode"))
 
 
-def history_panel(
-    entries_by_route: Mapping[str, Sequence[Mapping[str, Any]]], limit: int
-) -> list[dict[str, Any]]:
-    """Every route's audit entries merged, newest first, auto-demotions marked."""
-    merged = [
+def history_panel(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Audit entries in words (``monolith → canary 25%``), auto-demotions marked."""
+    return [
         {
             **entry,
             "before_words": describe_state(entry.get("before")),
             "after_words": describe_state(entry.get("after")),
             "demotion": str(entry.get("reason", "")).startswith(AUTO_DEMOTION_PREFIX),
         }
-        for entries in entries_by_route.values()
         for entry in entries
     ]
-    merged.sort(key=lambda entry: (entry["at"], entry["revision"]), reverse=True)
-    return merged[:limit]

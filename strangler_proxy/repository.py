@@ -197,6 +197,12 @@ class RouteStore:
             )
         return after
 
+    def recent_history(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The audit trail of every route, newest first."""
+        query = sa.select(orm.audit).order_by(orm.audit.c.id.desc()).limit(limit)
+        with self._reader.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
     def history(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
         query = (
             sa.select(orm.audit)
@@ -220,6 +226,14 @@ class RouteStore:
             .order_by(orm.mismatches.c.id.desc())
             .limit(limit)
         )
+        with self._reader.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def latest_mismatches(self) -> list[dict[str, Any]]:
+        """The newest mismatch of each route (one query, however many routes)."""
+        m = orm.mismatches.c
+        newest = sa.select(sa.func.max(m.id)).group_by(m.route).scalar_subquery()
+        query = sa.select(orm.mismatches).where(m.id.in_(newest)).order_by(m.id.desc())
         with self._reader.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 

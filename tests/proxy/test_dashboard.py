@@ -206,6 +206,27 @@ def test_what_upstreams_and_people_sent_is_escaped(dashboard, proxy):
     assert "&lt;script&gt;alert(4)&lt;/script&gt;" in page
 
 
+def test_a_routes_own_page_shows_its_latest_mismatches_side_by_side(dashboard, proxy):
+    for total in (11, 12):
+        proxy.store.record_mismatch(
+            route="differs",
+            request_id=f"r{total}",
+            method="GET",
+            path="/differs/really",
+            monolith_status=200,
+            service_status=200,
+            monolith_body='{"id": 1, "total": 10}',
+            service_body=f'{{"id": 2, "total": {total}}}',
+            diff=[f"$.total: 10 != {total}"],
+        )
+
+    page = dashboard.client.get("/_strangler/dashboard/routes/differs/mismatches").text
+
+    assert page.count('class="sides"') == 2
+    assert '<span class="differs">  &#34;total&#34;: 12</span>' in page
+    assert '<span class="ignored">  &#34;id&#34;: 1,</span>' in page
+
+
 def test_auto_demotions_stand_out_in_the_history(dashboard, proxy):
     route = proxy.table.by_name["echo"]
     proxy.store.change(
@@ -426,4 +447,5 @@ def test_the_page_renders_50_routes_and_1000_mismatches_in_time(make_proxy, tmp_
     print(f"\ndashboard page, 50 routes and 1,000 mismatches: median {median * 1000:.0f} ms")
     assert page.text.count('class="route ') == 50
     assert page.text.count('class="mismatch"') == 50
+    assert page.text.count('class="sides"') == 10  # the rest: on each route's own page
     assert median < RENDER_BUDGET_SECONDS

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -139,6 +140,7 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
         return {"csrf_token": csrf_token}
 
     bp.add_app_template_filter(_latency, "latency")
+    bp.add_app_template_filter(_as_json, "as_json")
 
     @bp.before_request
     def _check_csrf() -> Response | None:
@@ -332,6 +334,12 @@ def _latency(ms: float | None) -> str:
     if math.isinf(ms):
         return f"> {LATENCY_BOUNDS_MS[-1] // 1000} s"
     return f"≤ {ms / 1000:g} s" if ms >= 1000 else f"≤ {ms:g} ms"
+
+
+def _as_json(value: Any) -> str:
+    """JSON as plain text for autoescaping to make safe (``tojson`` would print
+    ``<`` as ``\\u003c``, safe for a script but unreadable on a page)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _mode_words(route: Any, *, short: bool = False) -> str:

@@ -14,6 +14,8 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+from strangler_proxy.domain import MONOLITH
+
 __all__ = ["COUNTS", "LATENCY_BOUNDS_MS", "Traffic"]
 
 COUNTS = (
@@ -30,7 +32,6 @@ COUNTS = (
 #: everything slower. Coarse on purpose: a percentile is reported as the
 #: bound of its bucket, which is what a person watching a move needs.
 LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-MONOLITH = "monolith"
 
 
 def _empty() -> dict[str, Any]:

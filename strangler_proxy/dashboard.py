@@ -164,7 +164,13 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
     def _signin(error: str | None = None, status: int = 200) -> Response:
         return Response(render_template("dashboard/signin.html", error=error), status)
 
-    def page(team: str, notice: dict[str, Any] | None = None, status: int = 200) -> Response:
+    def page(
+        team: str,
+        notice: dict[str, Any] | None = None,
+        status: int = 200,
+        attempt: dict[str, Any] | None = None,
+    ) -> Response:
+        """The whole dashboard; ``attempt`` is a refused change, shown again in its form."""
         proxy.refresh()
         table = proxy.table
         routes = table.routes
@@ -207,6 +213,7 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
             mover_running=mover is not None and (bool(statuses) or not moves),
             history=history,
             notices=notices,
+            attempt=attempt or {},
         )
         return Response(body, status)
 
@@ -273,32 +280,38 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
 
     @bp.post("/dashboard/routes/<name>/move")
     def move(name: str) -> Any:
-        return change(name, dict(request.form))
+        return change(name, dict(request.form), "move")
 
     @bp.post("/dashboard/routes/<name>/roll-back")
     def roll_back(name: str) -> Any:
-        return change(name, {**request.form, "mode": "monolith", "percent": ""})
+        return change(name, {**request.form, "mode": "monolith", "percent": ""}, "rollback")
 
-    def change(name: str, form: dict[str, str]) -> Any:
+    def change(name: str, form: dict[str, str], form_name: str) -> Any:
         team = signed_in_team()
         if team is None:
             return _signin("Your session ended: sign in again.", 401)
         form.pop("csrf_token", None)
+        tried = {"route": name, "form": form_name, "fields": [], **form}
+
+        def refused(notice: dict[str, Any]) -> Response:
+            tried["fields"] = notice.get("fields", [])
+            return page(team, notice, notice["status"], attempt=tried)
+
         if not form.get("percent"):  # an empty field is no percent (the store says if one is due)
             form.pop("percent", None)
         try:
             wanted = ChangeSchema().load(form, unknown=ma.EXCLUDE)
         except ma.ValidationError as invalid:
-            return page(team, _invalid(name, invalid.normalized_messages()), 422)
+            return refused(_invalid(name, invalid.normalized_messages()))
         route = proxy.table.by_name.get(name)
         if route is None:
-            return page(team, _notice("error", 404, f"There is no route named {name}."), 404)
+            return refused(_notice("error", 404, f"There is no route named {name}."))
         if not may_change(team, route):
             text = (
                 f"You may not move {name}: it belongs to {route.owner}, "
                 f"and you are signed in as {team}."
             )
-            return page(team, _notice("error", 403, text), 403)
+            return refused(_notice("error", 403, text))
         try:
             changed = proxy.store.change(
                 name,
@@ -314,11 +327,11 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
                 f"Someone moved {name} meanwhile: nothing was changed. The page now shows "
                 "the route as it is; look again, then decide."
             )
-            return page(team, _notice("error", 409, text, reload=True), 409)
+            return refused(_notice("error", 409, text, reload=True))
         except RuleViolated as violated:
-            return page(team, _invalid(name, violated.details, violated.message), 422)
+            return refused(_invalid(name, violated.details, violated.message))
         except NotFound:
-            return page(team, _notice("error", 404, f"There is no route named {name}."), 404)
+            return refused(_notice("error", 404, f"There is no route named {name}."))
         proxy.refresh()
         flash(f"Moved {name} to {panels.describe_state(_state(changed))}.", "ok")
         # to the top: the notice says what moved, and the live split is right below it

@@ -142,10 +142,15 @@ def test_a_move_is_audited_under_the_signed_in_team(dashboard, proxy):
 
 
 def test_a_canary_without_a_percent_is_a_422_naming_the_field(dashboard):
-    answer = dashboard.move("billing", mode="canary", percent="", reason="oops")
+    answer = dashboard.move("billing", mode="canary", percent="", reason="oops, no percent")
 
     assert answer.status_code == 422
     assert "percent" in notice(answer.text)
+    form = answer.text[answer.text.index('action="/_strangler/dashboard/routes/billing/move"') :]
+    form = form[: form.index("</form>")]
+    assert '<option value="canary" selected>' in form  # what was typed comes back
+    assert 'value="oops, no percent"' in form
+    assert re.search(r'name="percent"[^>]*aria-invalid="true"', form)
 
 
 def test_a_move_without_a_reason_is_a_422_naming_the_field(dashboard):

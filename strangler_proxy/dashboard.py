@@ -220,10 +220,13 @@ def _blueprint(proxy: Proxy, secret: str | bytes) -> Blueprint:
     def traffic() -> dict[str, Any]:
         """What the traffic panel shows (on the page and in its live refresh)."""
         now = utcnow()
-        rows = proxy.store.traffic_rows(now - dt.timedelta(seconds=panels.CHART_SECONDS))
+        series = proxy.store.traffic_series(
+            now - dt.timedelta(seconds=panels.CHART_SECONDS), panels.CHART_STEP_SECONDS
+        )
+        latencies = proxy.store.latency_since(now - dt.timedelta(seconds=panels.RECENT_SECONDS))
         routes = proxy.table.routes
         return {
-            "traffic": panels.traffic_panel(rows, [r.name for r in routes], now),
+            "traffic": panels.traffic_panel(series, latencies, [r.name for r in routes]),
             "mode_of": {r.name: _mode_words(r, short=True) for r in routes},
             "chart_minutes": panels.CHART_SECONDS // 60,
         }

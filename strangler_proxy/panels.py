@@ -8,7 +8,6 @@ the words without a browser.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import difflib
 import fnmatch
 import functools
@@ -95,53 +94,52 @@ class RouteTraffic:
 
 
 def traffic_panel(
-    rows: Iterable[Mapping[str, Any]], routes: Sequence[str], now: dt.datetime
+    series: Iterable[Mapping[str, Any]],
+    latencies: Iterable[tuple[str, Sequence[int]]],
+    routes: Sequence[str],
 ) -> list[RouteTraffic]:
-    """Sum every worker's flushed rows per route: recent rates and the chart."""
+    """Per route: the chart from ``series`` (counts per step of
+    ``CHART_STEP_SECONDS`` over ``CHART_SECONDS``, as the store sums them), the
+    recent rates from its last steps, p50/p99 from the recent ``latencies``."""
     steps = CHART_SECONDS // CHART_STEP_SECONDS
-    start = now - dt.timedelta(seconds=CHART_SECONDS)
-    recent_since = now - dt.timedelta(seconds=RECENT_SECONDS)
-    series = {name: ([0] * steps, [0] * steps, [0] * steps) for name in routes}
-    recent = {name: dict.fromkeys(_RECENT_COUNTS, 0) for name in routes}
-    latency = {name: [0] * (len(LATENCY_BOUNDS_MS) + 1) for name in routes}
-    for row in rows:
-        name, at = row["route"], row["at"]
-        if name not in series or at < start:
+    recent_from = steps - RECENT_SECONDS // CHART_STEP_SECONDS
+    counts = {name: {key: [0] * steps for key in _COUNTED} for name in routes}
+    for row in series:
+        chart = counts.get(row["route"])
+        if chart is None or row["step"] < 0:
             continue
-        index = min(steps - 1, int((at - start).total_seconds() // CHART_STEP_SECONDS))
-        total, service, errors = series[name]
-        total[index] += row["requests"]
-        service[index] += row.get("via_service") or 0
-        errors[index] += row["errors"]
-        if at >= recent_since:
-            counts = recent[name]
-            for key in _RECENT_COUNTS:
-                counts[key] += row.get(key) or 0
-            for slot, count in enumerate(row.get("latency") or ()):
+        index = min(steps - 1, row["step"])  # flushed a moment after "now" was taken
+        for key in _COUNTED:
+            chart[key][index] += row.get(key) or 0
+    latency = {name: [0] * (len(LATENCY_BOUNDS_MS) + 1) for name in routes}
+    for name, buckets in latencies:
+        if name in latency:
+            for slot, count in enumerate(buckets[: len(latency[name])]):
                 latency[name][slot] += count
     panel = []
     for name in routes:
-        counts, (total, service, errors) = recent[name], series[name]
-        requests = counts["requests"]
+        chart = counts[name]
+        recent = {key: sum(chart[key][recent_from:]) for key in _COUNTED}
+        requests = recent["requests"]
         panel.append(
             RouteTraffic(
                 route=name,
                 rate=requests / RECENT_SECONDS,
-                monolith_rate=counts["via_monolith"] / RECENT_SECONDS,
-                service_rate=counts["via_service"] / RECENT_SECONDS,
-                shadow_rate=counts["shadows"] / RECENT_SECONDS,
-                error_rate=counts["errors"] / requests if requests else 0.0,
+                monolith_rate=recent["via_monolith"] / RECENT_SECONDS,
+                service_rate=recent["via_service"] / RECENT_SECONDS,
+                shadow_rate=recent["shadows"] / RECENT_SECONDS,
+                error_rate=recent["errors"] / requests if requests else 0.0,
                 p50_ms=percentile(latency[name], 0.50),
                 p99_ms=percentile(latency[name], 0.99),
-                total=tuple(count / CHART_STEP_SECONDS for count in total),
-                service=tuple(count / CHART_STEP_SECONDS for count in service),
-                errors=tuple(count / CHART_STEP_SECONDS for count in errors),
+                total=tuple(n / CHART_STEP_SECONDS for n in chart["requests"]),
+                service=tuple(n / CHART_STEP_SECONDS for n in chart["via_service"]),
+                errors=tuple(n / CHART_STEP_SECONDS for n in chart["errors"]),
             )
         )
     return panel
 
 
-_RECENT_COUNTS = ("requests", "errors", "via_monolith", "via_service", "shadows")
+_COUNTED = ("requests", "errors", "via_monolith", "via_service", "shadows")
 
 
 def percentile(buckets: Sequence[int], q: float) -> float | None:

@@ -51,7 +51,7 @@ clean:  ## remove the virtualenv and local databases
 	rm -rf $(VENV) var
 
 # --- the strangler proxy (docs/02-put-the-proxy-in-front.md) ---------------------
-.PHONY: bench bench-proxy toggle
+.PHONY: bench bench-proxy toggle browser demo-load
 bench: install var  ## load: the monolith directly, through the proxy and through nginx
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
@@ -63,3 +63,10 @@ toggle: install  ## move a route: make toggle ROUTE=billing-invoices MODE=canary
 	@test -n "$(ROUTE)" -a -n "$(MODE)" || (echo "usage: make toggle ROUTE=... MODE=... [PERCENT=...] [REASON=...]"; exit 2)
 	STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler set $(ROUTE) $(MODE) $(PERCENT) --reason "$(or $(REASON),make toggle)"
 	@STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler routes
+
+browser:  ## install Debian's chromium for the dashboard's browser tests (once)
+	@test -x /usr/bin/chromium || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+demo-load: install  ## traffic through the proxy while you watch the dashboard (DURATION=120)
+	$(BIN)/python bench/demo_load.py --seconds $(or $(DURATION),120) $(LOAD_ARGS)

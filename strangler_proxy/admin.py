@@ -122,6 +122,10 @@ def create_admin_app(proxy: Proxy) -> Flask:
         proxy.store.revision()  # raises when the route table's database is unreachable
 
     init_service(app, api, ready_check=ready_check)
+    # Imported here: the dashboard builds on this module's rules (may_change, ChangeSchema).
+    from strangler_proxy.dashboard import init_dashboard
+
+    init_dashboard(app, proxy)
     return app
 
 
@@ -133,7 +137,7 @@ def _blueprint(proxy: Proxy) -> Blueprint:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        team = _team_for(proxy.tokens, token) if scheme.lower() == "bearer" else None
+        team = team_for(proxy.tokens, token) if scheme.lower() == "bearer" else None
         if team is None:
             abort(401, message="a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         g.team = team
@@ -190,7 +194,7 @@ def _blueprint(proxy: Proxy) -> Blueprint:
         def patch(self, change: dict[str, Any], name: str) -> dict[str, Any]:
             """Move a route: set its mode (and a canary's percent), with a reason."""
             route = _route(proxy, name)
-            if g.team not in (route.owner, ADMIN_TEAM):
+            if not may_change(g.team, route):
                 abort(403, message=f"route {name!r} belongs to {route.owner}, not {g.team}")
             status = proxy.data.status(route.data) if route.data else None
             reasons = reasons_to_stay(route, change["mode"], status, proxy.data_policy, utcnow())
@@ -308,7 +312,12 @@ def _data_fields(
     return {"data_state": summary, "gate": gate}
 
 
-def _team_for(tokens: dict[str, str], token: str) -> str | None:
+def may_change(team: str, route: Any) -> bool:
+    """A team changes only the routes it owns; the admin team changes all."""
+    return team in (route.owner, ADMIN_TEAM)
+
+
+def team_for(tokens: dict[str, str], token: str) -> str | None:
     digest = hash_token(token)
     for known, team in tokens.items():
         if hmac.compare_digest(known, digest):

@@ -470,7 +470,9 @@ class Forwarder:
         name = route.name if route else "-"
         self.metrics.observe(name, upstream, status, elapsed)
         if route is not None:
-            self.traffic.request(route.name, error=status >= 500)
+            self.traffic.request(
+                route.name, error=status >= 500, upstream=upstream, seconds=elapsed
+            )
         if self.access_log:
             # The body may end after the request's context was left: name it again.
             token = _request_id.set(request_id)

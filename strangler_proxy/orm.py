@@ -83,4 +83,9 @@ traffic = sa.Table(
     sa.Column("service_errors", sa.Integer, nullable=False),
     sa.Column("shadows", sa.Integer, nullable=False),
     sa.Column("mismatches", sa.Integer, nullable=False),
+    # Which upstream answered, and a latency histogram (traffic.LATENCY_BOUNDS_MS):
+    # the dashboard's split and p50/p99. Rows written before they existed read 0 / NULL.
+    sa.Column("via_monolith", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("via_service", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("latency", sa.JSON, nullable=True),
 )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import marshmallow as ma
+import sqlalchemy as sa
 from flask import Flask, Response
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
@@ -23,7 +24,7 @@ from datamover.moves import MOVES
 from datamover.runner import MoveRunner, Tuning
 from servicekit.internal import require_signature
 from servicekit.signing import Keyring
-from servicekit.web import ServiceApi, init_service, openapi_settings
+from servicekit.web import ServiceApi, error_response, init_service, openapi_settings
 
 __all__ = ["create_app", "runners_of"]
 
@@ -67,6 +68,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             runner.store.load()
 
     init_service(app, api, ready_check=ready_check)
+
+    @app.errorhandler(sa.exc.OperationalError)
+    def _database_busy(error: sa.exc.OperationalError) -> Response:
+        # A database restarting, or a table lock that did not come in time.
+        first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        return error_response(503, f"a database is unavailable or busy ({first_line}); try again")
+
     return app
 
 

@@ -23,6 +23,8 @@ DEFAULT_LEASE_SECONDS = 10.0
 #: A running move is verified again this often (and on demand).
 DEFAULT_VERIFY_EVERY_SECONDS = 300.0
 DEFAULT_VERIFY_RANGE_ROWS = 10_000
+#: How often a running move checks that both schemas still match.
+DEFAULT_SCHEMA_CHECK_SECONDS = 5.0
 
 
 def _sqlite(path: str) -> str:
@@ -41,6 +43,7 @@ def defaults() -> dict[str, Any]:
         "LEASE_SECONDS": DEFAULT_LEASE_SECONDS,
         "VERIFY_EVERY_SECONDS": DEFAULT_VERIFY_EVERY_SECONDS,
         "VERIFY_RANGE_ROWS": DEFAULT_VERIFY_RANGE_ROWS,
+        "SCHEMA_CHECK_SECONDS": DEFAULT_SCHEMA_CHECK_SECONDS,
         # "k2:secret,k1:old-secret": commands must be signed by one of these
         # (the proxy signs them). Empty means the development key, with a warning.
         "INTERNAL_KEYS": "",

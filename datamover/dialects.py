@@ -25,9 +25,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -68,6 +70,9 @@ class Dialect(abc.ABC):
 
     name: str
     param: str
+    #: The driver's own errors for a lost connection or a lock that did not
+    #: come: COPY goes through the driver, so SQLAlchemy does not wrap them.
+    transient_errors: tuple[type[Exception], ...] = ()
 
     # --- connections -----------------------------------------------------------
 
@@ -89,7 +94,8 @@ class Dialect(abc.ABC):
     def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None: ...
 
     @abc.abstractmethod
-    def remove_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None: ...
+    def remove_capture(self, source: Connection, tables: Sequence[str]) -> None:
+        """By table name alone: capture must come off even when a schema changed."""
 
     @abc.abstractmethod
     def key_text(self, key: Key) -> str:
@@ -219,6 +225,7 @@ class _RowDigest:
 class SQLiteDialect(Dialect):
     name = "sqlite"
     param = "?"
+    transient_errors = (sqlite3.OperationalError,)
 
     def _engine(
         self, url: str, *, begin: str, foreign_keys: bool, attach: str | None = None
@@ -289,11 +296,11 @@ class SQLiteDialect(Dialect):
                     f"CREATE TRIGGER IF NOT EXISTS strangler_capture_{table}_{operation} {body}"
                 )
 
-    def remove_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
-        for spec in specs:
+    def remove_capture(self, source: Connection, tables: Sequence[str]) -> None:
+        for table in tables:
             for operation in ("insert", "update", "delete"):
                 source.exec_driver_sql(
-                    f"DROP TRIGGER IF EXISTS strangler_capture_{spec.name}_{operation}"
+                    f"DROP TRIGGER IF EXISTS strangler_capture_{table}_{operation}"
                 )
         source.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES_TABLE}")
 
@@ -310,20 +317,21 @@ class SQLiteDialect(Dialect):
     ) -> int:
         table = _q(spec.name)
         where, params = self.where_range(spec, lo, hi)
-        # The first statement writes, so the deferred transaction takes the
-        # target's write lock before it reads anything (no stale snapshot).
-        copied = target.exec_driver_sql(
-            f"INSERT INTO main.{table} ({_cols(spec)}) SELECT {_cols(spec)} FROM src.{table} "
-            f"WHERE {where} {_upsert_tail(spec)}",
-            tuple(params),
-        ).rowcount
         outer, outer_params = self.where_range(spec, lo, hi, prefix=f"main.{table}.")
         match = " AND ".join(f"s.{_q(c)} = main.{table}.{_q(c)}" for c in spec.key)
+        # Rows that left first: they free unique values the arriving rows take.
+        # (The caller's lease fence already took the target's write lock, so the
+        # source is read from a snapshot later than every earlier write.)
         target.exec_driver_sql(
             f"DELETE FROM main.{table} WHERE {outer} "
             f"AND NOT EXISTS (SELECT 1 FROM src.{table} AS s WHERE {match})",
             tuple(outer_params),
         )
+        copied = target.exec_driver_sql(
+            f"INSERT INTO main.{table} ({_cols(spec)}) SELECT {_cols(spec)} FROM src.{table} "
+            f"WHERE {where} {_upsert_tail(spec)}",
+            tuple(params),
+        ).rowcount
         return int(copied)
 
     def apply_keys(
@@ -362,6 +370,7 @@ class SQLiteDialect(Dialect):
 class PostgresDialect(Dialect):
     name = "postgresql"
     param = "%s"
+    transient_errors = (psycopg.OperationalError,)
 
     def source_engine(self, url: str) -> Engine:
         return sa.create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
@@ -384,6 +393,7 @@ class PostgresDialect(Dialect):
         return sa.create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
 
     def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
+        _bounded_lock_wait(source)
         source.exec_driver_sql(
             f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
             "seq bigserial PRIMARY KEY, tbl text NOT NULL, pk text NOT NULL, "
@@ -418,10 +428,11 @@ class PostgresDialect(Dialect):
                 f"FOR EACH ROW EXECUTE FUNCTION strangler_capture_{table}()"
             )
 
-    def remove_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
-        for spec in specs:
-            source.exec_driver_sql(f"DROP TRIGGER IF EXISTS strangler_capture ON {_q(spec.name)}")
-            source.exec_driver_sql(f"DROP FUNCTION IF EXISTS strangler_capture_{spec.name}()")
+    def remove_capture(self, source: Connection, tables: Sequence[str]) -> None:
+        _bounded_lock_wait(source)
+        for table in tables:
+            source.exec_driver_sql(f"DROP TRIGGER IF EXISTS strangler_capture ON {_q(table)}")
+            source.exec_driver_sql(f"DROP FUNCTION IF EXISTS strangler_capture_{table}()")
         source.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES_TABLE}")
 
     def key_text(self, key: Key) -> str:
@@ -515,6 +526,16 @@ class PostgresDialect(Dialect):
             tuple(params),
         ).one()
         return int(count), str(digest)
+
+
+#: How long a trigger's DDL may wait for its table's lock. Behind a long
+#: transaction it would otherwise wait for ever — and every write to the
+#: table would queue behind it (the classic online-migration outage).
+DDL_LOCK_TIMEOUT = "2s"
+
+
+def _bounded_lock_wait(source: Connection) -> None:
+    source.exec_driver_sql(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
 
 
 def dialect_for(source_url: str, target_url: str) -> Dialect:

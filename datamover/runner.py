@@ -9,6 +9,11 @@ Ghostferry from binlog positions, here without either. A row that changes
 after its chunk was read has a change waiting in ``strangler_changes``, which
 the next turn of the loop applies.
 
+"A single writer" is enforced, not assumed: every transaction that writes the
+target first renews the lease *in that transaction* (``StateStore.fence``),
+so a mover that stalled past its lease cannot commit a row it read before
+another mover took over.
+
 The loop, each turn: apply a batch of captured changes; copy one chunk of the
 backfill (while there is one), committing the checkpoint with it; sleep
 ``nice`` times the chunk's duration. After the last chunk the move is
@@ -17,6 +22,7 @@ backfill (while there is one), committing the checkpoint with it; sleep
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -35,7 +41,7 @@ from datamover.dialects import CHANGES_TABLE, Key, dialect_for
 from datamover.metrics import Metrics
 from datamover.moves import Move
 from datamover.schema import SchemaMismatch, TableSpec, matching_tables
-from datamover.state import DONE, LeaseHeld, MoveState, StateStore
+from datamover.state import DONE, LeaseHeld, LeaseLost, MoveState, StateStore
 from datamover.verify import VerificationCancelled, Verifier
 from servicekit.errors import Conflict
 
@@ -45,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 #: The longest wait between two attempts while a database is unavailable.
 MAX_RETRY_PAUSE = 5.0
+#: Batches of changes applied to clear the way for a chunk that conflicted.
+DRAIN_PASSES = 20
+#: How long stop() waits for the loop to finish its turn.
+HALT_TIMEOUT = 30.0
+#: Database errors that mean "the schema is not what the move was started on":
+#: no retry will help, unlike a database that is restarting.
+_SCHEMA_ERRORS = ("no such table", "no such column", "does not exist", "has no column")
 
 
 class Refused(Conflict):
@@ -64,6 +77,7 @@ class Tuning:
         self.lease = float(settings["LEASE_SECONDS"])
         self.verify_every = float(settings["VERIFY_EVERY_SECONDS"])
         self.verify_range_rows = int(settings["VERIFY_RANGE_ROWS"])
+        self.schema_check = float(settings["SCHEMA_CHECK_SECONDS"])
 
 
 class MoveRunner:
@@ -87,15 +101,21 @@ class MoveRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._specs: list[TableSpec] = []
-        self._verifying = threading.Lock()
-        self._verify_requested = threading.Event()
+        # Verifications are numbered: one is "running" from the moment it is
+        # asked for until a run that began after the request has ended.
+        self._verify_lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+        self._verify_asked = 0
+        self._verify_done = 0
+        self._verify_thread: threading.Thread | None = None
         self._cancel_verification = threading.Event()
         self._drained_at = 0.0
         self._drained = threading.Condition()
         self._oldest_pending: float | None = None
+        self._pending = 0
+        self._last_read_at: float | None = None
         self._rate = 0.0
         self._waiting_for: str | None = None
-        self._lease_renewed = 0.0
         self._retry_pause = tuning.poll
         self._last_state = MoveState(move.name)
 
@@ -111,7 +131,7 @@ class MoveRunner:
             specs = self._check_schema()
             state = self.store.load()
             if state.phase not in phases.RUNNING_PHASES:
-                if state.phase == phases.IDLE and not replace:
+                if state.started_at is None and not replace:
                     self._refuse_a_foreign_target(specs)
                 self._install_capture(specs)
                 with self.source_reader.connect() as source:
@@ -123,6 +143,7 @@ class MoveRunner:
                     rows_total=total,
                     started_at=time.time(),
                     backfilled_at=None,
+                    verdict=None,  # it was about another copy
                     error=None,
                 )
                 logger.info(
@@ -134,13 +155,18 @@ class MoveRunner:
     def resume(self) -> None:
         """After a restart: carry on with a move that was running (no command needed)."""
         state = self.store.load()
-        if state.phase in phases.RUNNING_PHASES:
-            with self._lock:
-                if not self.running:
-                    logger.info(
-                        "move %s: resuming %s from its checkpoint", self.move.name, state.phase
-                    )
-                    self._launch(self._check_schema())
+        if state.phase not in phases.RUNNING_PHASES:
+            return
+        with self._lock:
+            if self.running:
+                return
+            try:
+                specs = self._check_schema()
+            except Refused as refused:  # recorded as failed; the process still serves
+                logger.error("%s", refused)
+                return
+            logger.info("move %s: resuming %s from its checkpoint", self.move.name, state.phase)
+            self._launch(specs)
 
     def stop(self) -> dict[str, Any]:
         """Stop capturing: the copy stops following the source (a restart re-copies)."""
@@ -150,11 +176,10 @@ class MoveRunner:
             self._halt()
             # A verification reading the tables would hold up the DROP TRIGGER.
             self._cancel_verification.set()
-            with self._verifying:
+            with self._verify_lock:
                 self._cancel_verification.clear()
-            specs = self._specs or self._check_schema()
-            with self.source.begin() as source:
-                self.dialect.remove_capture(source, specs)
+            with self.source.begin() as source:  # by name: the schema may be what changed
+                self.dialect.remove_capture(source, self.move.tables)
             self.store.update(phase=phases.STOPPED)
             self.store.release(self.holder)
             logger.info("move %s stopped; capture removed", self.move.name)
@@ -162,18 +187,26 @@ class MoveRunner:
 
     def request_verification(self) -> float:
         """Ask for a verification; returns the time from which its verdict counts."""
-        if not self.running:
+        state = self.store.load()
+        if not self.running or state.phase not in phases.RUNNING_PHASES:
             raise Refused(
                 f"move {self.move.name} is not running: start it with "
                 f"`strangler data start {self.move.name}`"
             )
+        if state.phase == phases.BACKFILL:
+            raise Refused(
+                f"the copy of {self.move.name} is still running "
+                f"({state.rows_copied:,} of {state.rows_total:,} rows): it is verified as soon "
+                "as it completes"
+            )
         requested = time.time()
-        self._verify_requested.set()
+        with self._counter_lock:
+            self._verify_asked += 1
         return requested
 
     def close(self) -> None:
-        self._halt()
         self._cancel_verification.set()
+        self._halt(refuse=False)
         for engine in (self.source, self.target, *self.readers):
             engine.dispose()
 
@@ -188,20 +221,8 @@ class MoveRunner:
         try:
             state = self._last_state = self.store.load()
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-            state, unavailable = (
-                self._last_state,
-                f"the target database is unavailable: {error.orig}",
-            )
-        verdict = state.verdict
-        lag = None
-        if state.phase in phases.RUNNING_PHASES:
-            lag = (
-                0.0
-                if self._oldest_pending is None
-                else max(0.0, time.time() - self._oldest_pending)
-            )
-            if not self.running:
-                lag = None  # nobody is applying changes here: the lag is unknown
+            state = self._last_state
+            unavailable = f"the target database is unavailable: {error.orig}"
         remaining = max(0, state.rows_total - state.rows_copied)
         status = {
             "move": self.move.name,
@@ -218,17 +239,33 @@ class MoveRunner:
             "eta_seconds": round(remaining / self._rate, 1)
             if state.phase == phases.BACKFILL and self._rate > 0
             else None,
-            "lag_seconds": None if lag is None else round(lag, 3),
-            "verifying": self._verifying.locked() or self._verify_requested.is_set(),
-            "verdict": verdict,
+            "lag_seconds": None if unavailable else self._lag(state),
+            "pending_changes": self._pending,
+            "backfilled_at": _iso(state.backfilled_at),
+            "verifying": self._verify_asked > self._verify_done,
+            "verdict": state.verdict,
             "holder": state.holder,
             "waiting_for_lease": self._waiting_for,
             "error": unavailable or state.error,
         }
-        if unavailable:
-            status["lag_seconds"] = None
         self._export(status)
         return status
+
+    def _lag(self, state: MoveState) -> float | None:
+        """How late a change committed now would reach the target, at least.
+
+        None when nobody applies changes here (not running, or standing by
+        for another mover's lease): an unknown lag must never read as zero.
+        """
+        if state.phase not in phases.RUNNING_PHASES or not self.running or self._waiting_for:
+            return None
+        if self._last_read_at is None:
+            return None
+        now = time.time()
+        lag = now - self._last_read_at  # a loop stuck in a call falls behind too
+        if self._oldest_pending is not None:
+            lag = max(lag, now - self._oldest_pending)
+        return round(max(0.0, lag), 3)
 
     def _export(self, status: dict[str, Any]) -> None:
         name = self.move.name
@@ -238,16 +275,8 @@ class MoveRunner:
         m.rows_total.labels(name).set(status["rows_total"])
         verdict = status["verdict"]
         m.verdict.labels(name).set(-1 if verdict is None else int(verdict["clean"]))
-        m.rows_diverged.labels(name).set(
-            0 if verdict is None else len(verdict["diverged"]) + len(verdict["unsettled"])
-        )
-        for phase in (
-            phases.IDLE,
-            phases.BACKFILL,
-            phases.STREAMING,
-            phases.STOPPED,
-            phases.FAILED,
-        ):
+        m.rows_diverged.labels(name).set(0 if verdict is None else _differing(verdict))
+        for phase in phases.ALL_PHASES:
             m.phase.labels(name, phase).set(int(phase == status["phase"]))
 
     # --- the loop ----------------------------------------------------------------
@@ -260,77 +289,105 @@ class MoveRunner:
         )
         self._thread.start()
 
-    def _halt(self) -> None:
+    def _halt(self, *, refuse: bool = True) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=HALT_TIMEOUT)
+            if self._thread.is_alive():
+                # Never start a second loop beside one that is still in a call.
+                if refuse:
+                    raise Refused(f"move {self.move.name} is busy finishing a step; try again")
+                return
         self._thread = None
 
     def _run(self) -> None:
+        transient: tuple[type[Exception], ...] = (
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            *self.dialect.transient_errors,
+        )
         while not self._stop.is_set():
             try:
                 self._take_lease()
-                self._turns()
+                if self._turns():
+                    return
             except LeaseHeld as held:
-                # Our lease lapsed (a long outage) and another mover took over: stand by.
+                # Our lease lapsed (a long stall) and another mover took over: stand by.
                 logger.warning("move %s: %s", self.move.name, held)
-            except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            except LeaseLost:
+                logger.warning("move %s: the lease lapsed in a step; standing by", self.move.name)
+            except transient as error:
                 if self._stop.is_set():
+                    return
+                reason = _first_line(error)
+                if any(marker in reason.lower() for marker in _SCHEMA_ERRORS):
+                    self._fail(f"the schema changed under the move: {reason}")
                     return
                 # A database restarting or a lock held too long: nothing is lost
                 # (the checkpoint and the change table are where they were).
                 self._retry_pause = min(MAX_RETRY_PAUSE, self._retry_pause * 2)
-                pause = self._retry_pause
-                self._oldest_pending = self._oldest_pending or time.time()
                 logger.warning(
                     "move %s: a database is unavailable (%s); retrying in %.1fs",
                     self.move.name,
-                    str(error.orig).strip().splitlines()[0] if error.orig else error,
-                    pause,
+                    reason,
+                    self._retry_pause,
                 )
-                self._stop.wait(pause)
+                self._stop.wait(self._retry_pause)
             except Exception as exc:
                 if self._stop.is_set():
                     return
                 logger.exception("move %s failed", self.move.name)
-                self.store.update(phase=phases.FAILED, error=f"{type(exc).__name__}: {exc}")
+                self._fail(f"{type(exc).__name__}: {exc}")
                 return
 
-    def _turns(self) -> None:
-        """The loop proper: changes, a chunk, a pause; verification when due."""
-        state = self.store.load()
-        if state.phase == phases.STREAMING and state.verdict is None:
-            self._verify_requested.set()
+    def _fail(self, error: str) -> None:
+        self.store.update(phase=phases.FAILED, error=error)
+        self.store.release(self.holder)
+
+    def _turns(self) -> bool:
+        """The loop proper: changes, a chunk, a pause; verification when due.
+        True when the move is no longer running (stopped or failed elsewhere)."""
         last_verified = time.time()
+        schema_checked = renewed = time.monotonic()
         while not self._stop.is_set():
-            self._renew_lease()
+            if time.monotonic() - renewed > self.tuning.lease / 3:
+                # An idle move writes nothing that would renew it (see StateStore.fence).
+                self.store.acquire(self.holder, self.tuning.lease)
+                renewed = time.monotonic()
+            state = self.store.load()
+            if state.phase not in phases.RUNNING_PHASES:
+                # Stopped by the mover that held it before us: nothing to run.
+                self.store.release(self.holder)
+                return True
+            if state.phase == phases.STREAMING and state.verdict is None:
+                self._ask_verification_once()
+            if time.monotonic() - schema_checked > self.tuning.schema_check:
+                schema_checked = time.monotonic()
+                if not self._schema_still_matches():
+                    return True
             applied = self._apply_changes()
             self._retry_pause = self.tuning.poll  # the databases answer again
-            state = self.store.load()
             if state.phase == phases.BACKFILL:
                 started = time.monotonic()
                 if self._copy_next_chunk(state):
                     self.store.update(phase=phases.STREAMING, backfilled_at=time.time())
                     logger.info("move %s: backfill complete, streaming changes", self.move.name)
-                    self._verify_requested.set()
+                    self._ask_verification_once()
                 elif self.tuning.nice:
                     self._stop.wait(self.tuning.nice * (time.monotonic() - started))
             elif applied == 0:
                 self._stop.wait(self.tuning.poll)
-            if time.time() - last_verified > self.tuning.verify_every:
-                self._verify_requested.set()
-            if self._verify_requested.is_set() and not self._verifying.locked():
-                self._verify_requested.clear()
-                last_verified = time.time()
-                threading.Thread(
-                    target=self._verify, name=f"verify-{self.move.name}", daemon=True
-                ).start()
+            if state.phase == phases.STREAMING:
+                if time.time() - last_verified > self.tuning.verify_every:
+                    self._ask_verification_once()
+                if self._maybe_verify():
+                    last_verified = time.time()
+        return False
 
     def _take_lease(self) -> None:
         while not self._stop.is_set():
             try:
                 self.store.acquire(self.holder, self.tuning.lease)
-                self._lease_renewed = time.monotonic()
                 self._waiting_for = None
                 return
             except LeaseHeld as held:
@@ -339,12 +396,7 @@ class MoveRunner:
                 self._waiting_for = held.holder
                 self._stop.wait(self.tuning.lease / 2)
 
-    def _renew_lease(self) -> None:
-        if time.monotonic() - self._lease_renewed > self.tuning.lease / 3:
-            self.store.acquire(self.holder, self.tuning.lease)
-            self._lease_renewed = time.monotonic()
-
-    # --- capture -----------------------------------------------------------------
+    # --- schema ------------------------------------------------------------------
 
     def _check_schema(self) -> list[TableSpec]:
         try:
@@ -352,6 +404,23 @@ class MoveRunner:
         except SchemaMismatch as mismatch:
             self.store.update(phase=phases.FAILED, error=str(mismatch))
             raise Refused(f"move {self.move.name} cannot run: {mismatch}") from mismatch
+
+    def _schema_still_matches(self) -> bool:
+        """A column added or dropped while the move runs would be copied by
+        nobody: stop, and say which, rather than copy part of each row."""
+        try:
+            specs = matching_tables(self.source, self.target, self.move.tables, sides=self.sides)
+        except SchemaMismatch as mismatch:
+            self._fail(f"the schema changed while the move ran: {mismatch}")
+            return False
+        if specs != self._specs:
+            changed = next(s.name for s, old in zip(specs, self._specs, strict=True) if s != old)
+            self._fail(
+                f"the schema of {changed} changed while the move ran; start the move again "
+                f"to copy it whole (`strangler data stop {self.move.name}`, then `start`)"
+            )
+            return False
+        return True
 
     def _refuse_a_foreign_target(self, specs: list[TableSpec]) -> None:
         with self.target.connect() as target:
@@ -369,49 +438,83 @@ class MoveRunner:
         with self.source.begin() as source:
             self.dialect.install_capture(source, specs)
 
+    # --- capture -----------------------------------------------------------------
+
     def _apply_changes(self) -> int:
+        """Apply one batch of captured changes; how many change rows it consumed."""
         limit = self.tuning.apply_batch
         read_at = time.time()
         with self.source_reader.connect() as source:
             rows = source.exec_driver_sql(
                 f"SELECT seq, tbl, pk, at FROM {CHANGES_TABLE} ORDER BY seq LIMIT {limit}"
             ).all()
+        self._last_read_at = read_at
+        self._pending = len(rows)
         if not rows:
             self._oldest_pending = None
             self._mark_drained(read_at)
             return 0
         self._oldest_pending = min(row.at for row in rows)
-        latest: OrderedDict[tuple[str, str], int] = OrderedDict()
+        latest: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
         for row in rows:  # a key changed twice is applied once, at its last place
-            latest.pop((row.tbl, row.pk), None)
-            latest[(row.tbl, row.pk)] = row.seq
-        by_table: dict[str, list[Key]] = {}
-        for table, key_text in latest:
-            by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
+            seqs = latest.pop((row.tbl, row.pk), [])
+            latest[(row.tbl, row.pk)] = [*seqs, row.seq]
         specs = {spec.name: spec for spec in self._specs}
         try:
-            with self.target.begin() as target, self.source_reader.connect() as source:
-                for table, keys in by_table.items():
-                    self.dialect.apply_keys(target, source, specs[table], keys)
+            self._apply(specs, list(latest))
+            failed: list[tuple[str, str]] = []
         except IntegrityError:
-            # Two changes that only work in their order (a row freeing a unique
-            # value another one takes): apply them one by one, as they happened.
-            for table, key_text in latest:
-                with self.target.begin() as target, self.source_reader.connect() as source:
-                    self.dialect.apply_keys(
-                        target, source, specs[table], [tuple(json.loads(key_text))]
-                    )
+            failed = self._apply_one_by_one(specs, list(latest))
         applied_at = time.time()
-        with self.source.begin() as source:
-            seqs = ", ".join(str(row.seq) for row in rows)
-            source.exec_driver_sql(f"DELETE FROM {CHANGES_TABLE} WHERE seq IN ({seqs})")
+        done = [seq for change, seqs in latest.items() if change not in failed for seq in seqs]
+        if done:
+            with self.source.begin() as source:
+                source.exec_driver_sql(
+                    f"DELETE FROM {CHANGES_TABLE} WHERE seq IN ({', '.join(map(str, done))})"
+                )
         histogram = self.metrics.apply_lag.labels(self.move.name)
         for row in rows:
             histogram.observe(max(0.0, applied_at - row.at))
-        self.metrics.changes.labels(self.move.name).inc(len(rows))
-        if len(rows) < limit:
+        self.metrics.changes.labels(self.move.name).inc(len(done))
+        if len(rows) < limit and not failed:
             self._mark_drained(read_at)
-        return len(rows)
+        if failed and len(done) == 0:
+            self._stop.wait(self.tuning.poll)  # only stuck changes left: no hot loop
+        return len(done)
+
+    def _apply(self, specs: dict[str, TableSpec], changes: list[tuple[str, str]]) -> None:
+        by_table: dict[str, list[Key]] = {}
+        for table, key_text in changes:
+            by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
+        with self.target.begin() as target, self.source_reader.connect() as source:
+            self.store.fence(target, self.holder, self.tuning.lease)
+            for table, keys in by_table.items():
+                self.dialect.apply_keys(target, source, specs[table], keys)
+
+    def _apply_one_by_one(
+        self, specs: dict[str, TableSpec], changes: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Changes that only work in some order (a row freeing a unique value
+        another one takes): apply each alone, and again those that failed,
+        while that makes progress. What still fails stays in the change table."""
+        left = changes
+        while left:
+            failed = []
+            for change in left:
+                try:
+                    self._apply(specs, [change])
+                except IntegrityError:
+                    failed.append(change)
+            if len(failed) == len(left):
+                logger.warning(
+                    "move %s: %s change(s) conflict in the target, kept for the next turn: %s",
+                    self.move.name,
+                    len(failed),
+                    failed[:3],
+                )
+                return failed
+            left = failed
+        return []
 
     def _mark_drained(self, read_at: float) -> None:
         with self._drained:
@@ -437,7 +540,6 @@ class MoveRunner:
         if spec is None:
             return True
         lo = state.cursor(spec.name)
-        assert lo != DONE
         lo_key = lo if isinstance(lo, tuple) else None
         started = time.monotonic()
         with self.source_reader.connect() as source:
@@ -447,21 +549,22 @@ class MoveRunner:
         except IntegrityError:
             # The target still holds a row whose change is waiting (a subscription
             # cancelled since it was copied, and its successor in this chunk):
-            # apply every waiting change, then copy the chunk again.
-            while self._apply_changes():
-                pass
+            # apply the waiting changes, then copy the chunk again.
+            for _ in range(DRAIN_PASSES):
+                if self._stop.is_set() or self._apply_changes() < self.tuning.apply_batch:
+                    break
             copied = self._copy(spec, state, lo_key, hi)
         elapsed = time.monotonic() - started
         if elapsed > 0:
-            self._rate = (
-                0.7 * self._rate + 0.3 * (copied / elapsed) if self._rate else copied / elapsed
-            )
+            speed = copied / elapsed
+            self._rate = 0.7 * self._rate + 0.3 * speed if self._rate else speed
         return False
 
     def _copy(self, spec: TableSpec, state: MoveState, lo: Key | None, hi: Key | None) -> int:
         cursors = dict(state.cursors)
         cursors[spec.name] = DONE if hi is None else list(hi)
         with self.target.begin() as target, self.source_reader.connect() as source:
+            self.store.fence(target, self.holder, self.tuning.lease)
             copied = self.dialect.copy_range(target, source, spec, lo, hi)
             rows_copied = state.rows_copied + copied
             # The checkpoint commits with the chunk: a kill never loses or repeats one.
@@ -471,8 +574,26 @@ class MoveRunner:
 
     # --- verification ------------------------------------------------------------
 
-    def _verify(self) -> None:
-        with self._verifying:
+    def _ask_verification_once(self) -> None:
+        with self._counter_lock:
+            if self._verify_asked == self._verify_done:
+                self._verify_asked += 1
+
+    def _maybe_verify(self) -> bool:
+        """Start the verification asked for, unless one runs; True when one started."""
+        if self._verify_asked <= self._verify_done:
+            return False
+        if self._verify_thread is not None and self._verify_thread.is_alive():
+            return False
+        number = self._verify_asked
+        self._verify_thread = threading.Thread(
+            target=self._verify, args=(number,), name=f"verify-{self.move.name}", daemon=True
+        )
+        self._verify_thread.start()
+        return True
+
+    def _verify(self, number: int) -> None:
+        with self._verify_lock:
             try:
                 verdict = Verifier(
                     self.dialect,
@@ -485,24 +606,42 @@ class MoveRunner:
                 ).run()
             except VerificationCancelled:
                 logger.info("move %s: verification cancelled", self.move.name)
+                self._verify_done = number
                 return
             except Exception as exc:
                 logger.exception("move %s: verification failed", self.move.name)
                 verdict = {
                     "clean": False,
-                    "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "at": _iso(time.time()),
+                    "started_at": _iso(time.time()),
                     "error": f"{type(exc).__name__}: {exc}",
                     "rows_checked": 0,
+                    "diverged_count": 0,
+                    "unsettled_count": 0,
                     "diverged": [],
                     "unsettled": [],
                 }
             self.store.update(verdict=verdict)
+            self._verify_done = number
             self.metrics.verified_at.labels(self.move.name).set(time.time())
             logger.info(
                 "move %s verified: %s, %s rows checked, %s diverged, %s unsettled",
                 self.move.name,
                 "clean" if verdict["clean"] else "NOT clean",
                 verdict["rows_checked"],
-                len(verdict["diverged"]),
-                len(verdict["unsettled"]),
+                verdict["diverged_count"],
+                verdict["unsettled_count"],
             )
+
+
+def _differing(verdict: dict[str, Any]) -> int:
+    return int(verdict.get("diverged_count", 0)) + int(verdict.get("unsettled_count", 0))
+
+
+def _first_line(error: Exception) -> str:
+    cause = getattr(error, "orig", None) or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()

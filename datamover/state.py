@@ -20,13 +20,14 @@ from sqlalchemy.engine import Connection, Engine
 from datamover.dialects import Key
 from servicekit.errors import Conflict
 
-__all__ = ["DONE", "LeaseHeld", "MoveState", "StateStore", "moves_table"]
+__all__ = ["DONE", "LeaseHeld", "LeaseLost", "MoveState", "StateStore", "moves_table"]
 
 #: A table's cursor once its backfill has finished.
 DONE = "done"
 
 IDLE, BACKFILL, STREAMING, STOPPED, FAILED = "idle", "backfill", "streaming", "stopped", "failed"
 RUNNING_PHASES = (BACKFILL, STREAMING)
+ALL_PHASES = (IDLE, BACKFILL, STREAMING, STOPPED, FAILED)
 
 _metadata = sa.MetaData()
 moves_table = sa.Table(
@@ -57,6 +58,10 @@ class LeaseHeld(Conflict):
             f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC); stop it first"
         )
         self.holder = holder
+
+
+class LeaseLost(Exception):
+    """This mover's lease lapsed before it could write: another may be writing now."""
 
 
 @dataclasses.dataclass
@@ -145,6 +150,25 @@ class StateStore:
                     sa.select(t.holder, t.lease_until).where(t.name == self._name)
                 ).one()
                 raise LeaseHeld(row.holder, row.lease_until)
+
+    def fence(self, connection: Connection, holder: str, seconds: float) -> None:
+        """Renew the lease as the first write of ``connection``'s transaction,
+        or raise :class:`LeaseLost`.
+
+        The transaction then holds the lease row (SQLite: the write lock;
+        PostgreSQL: the row lock) until it commits: a mover that stalled past
+        its lease — and so may be about to write rows it read before another
+        mover took over — is refused here instead, and its rows never land.
+        """
+        now = time.time()
+        t = moves_table.c
+        renewed = connection.execute(
+            moves_table.update()
+            .where(t.name == self._name, t.holder == holder, t.lease_until >= now)
+            .values(lease_until=now + seconds)
+        ).rowcount
+        if renewed != 1:
+            raise LeaseLost(f"the lease of move {self._name} is no longer {holder}'s")
 
     def release(self, holder: str) -> None:
         with self._engine.begin() as connection:

@@ -237,13 +237,16 @@ def data_verify(admin: Admin, move: str, timeout: float) -> None:
     )
     if verdict.get("error"):
         raise Refused(f"verification failed: {verdict['error']}")
-    for row in verdict["diverged"] + verdict["unsettled"]:
+    listed = verdict["diverged"] + verdict["unsettled"]
+    for row in listed:
         sides = [key for key in row if key not in ("table", "key", "side")]
         click.echo(f"  DIVERGED {row['table']} {row['key']}: {row['side']}")
         for side in sides:
             click.echo(f"    {side}: {json.dumps(row[side], sort_keys=True)}")
     if not verdict["clean"]:
-        count = len(verdict["diverged"]) + len(verdict["unsettled"])
+        count = verdict["diverged_count"] + verdict["unsettled_count"]
+        if count > len(listed):
+            click.echo(f"  ... and {count - len(listed)} more")
         raise Refused(f"{move}: NOT clean, {count} rows differ")
     click.echo(f"{move}: clean")
 
@@ -280,7 +283,7 @@ def _describe(status: dict[str, Any]) -> str:
     else:
         age = time.time() - _epoch(verdict["at"])
         result = "clean" if verdict["clean"] else "NOT clean"
-        count = len(verdict["diverged"]) + len(verdict["unsettled"])
+        count = verdict["diverged_count"] + verdict["unsettled_count"]
         shown = f"{result}, {verdict['rows_checked']:,} rows, {count} differ, {age:.0f} s ago"
     if status.get("verifying"):
         shown += " (verifying now)"

@@ -101,10 +101,12 @@ def _data_reasons(
     if verdict is None:
         reasons.append(f"the copy has not been verified yet: {fix_verify}")
     elif not verdict.get("clean"):
-        count = len(verdict.get("diverged", [])) + len(verdict.get("unsettled", []))
+        count = verdict.get("diverged_count", 0) + verdict.get("unsettled_count", 0)
         reasons.append(
             f"the last verification found {count} diverging rows: {fix_verify} to see them"
         )
+    elif _before(verdict.get("started_at"), status.get("backfilled_at")):
+        reasons.append(f"the last clean verification is older than the current copy: {fix_verify}")
     else:
         age = (now - dt.datetime.fromisoformat(verdict["at"])).total_seconds()
         if age > policy.verify_max_age:
@@ -113,3 +115,10 @@ def _data_reasons(
                 f"{policy.verify_max_age / 60:g} min): {fix_verify}"
             )
     return reasons
+
+
+def _before(moment: str | None, other: str | None) -> bool:
+    """Whether ISO time ``moment`` is earlier than ``other`` (False if either is unknown)."""
+    if not moment or not other:
+        return False
+    return dt.datetime.fromisoformat(moment) < dt.datetime.fromisoformat(other)

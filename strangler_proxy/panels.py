@@ -230,7 +230,7 @@ def _verified(status: Mapping[str, Any]) -> Gate:
     checked = verdict.get("rows_checked", 0)
     if verdict.get("clean"):
         return Gate(question, f"yes: {checked:,} rows checked at {verdict.get('at')}", "yes")
-    diverged = len(verdict.get("diverged") or ())
+    diverged = verdict.get("diverged_count", len(verdict.get("diverged") or ()))
     return Gate(question, f"no: {diverged} of {checked:,} rows differ", "no")
 
 

@@ -27,6 +27,7 @@ FAST = {
     "NICE": 0.0,
     "LEASE_SECONDS": 1.5,
     "VERIFY_RANGE_ROWS": 700,
+    "SCHEMA_CHECK_SECONDS": 0.2,
     "INTERNAL_KEYS": "test:mover-test-secret",
 }
 BILLING_TABLES = (
@@ -206,3 +207,9 @@ def fresh_verdict(runner: Any, timeout: float = 60.0) -> dict[str, Any]:
         return found if fresh and not status["verifying"] else None  # type: ignore[no-any-return]
 
     return poll(verdict, timeout=timeout, interval=0.05, message="no verdict")  # type: ignore[no-any-return]
+
+
+def caught_up(status: dict[str, Any]) -> bool:
+    """Every change captured so far is in the target, and the loop is keeping up."""
+    lag = status["lag_seconds"]
+    return status["pending_changes"] == 0 and lag is not None and lag < 1.0

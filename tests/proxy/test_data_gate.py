@@ -30,10 +30,14 @@ def ready(**changes: Any) -> dict[str, Any]:
         "rows_copied": 1_000,
         "rows_total": 1_000,
         "lag_seconds": 0.05,
+        "backfilled_at": (NOW - dt.timedelta(minutes=5)).isoformat(),
         "verdict": {
             "clean": True,
             "at": (NOW - dt.timedelta(minutes=2)).isoformat(),
+            "started_at": (NOW - dt.timedelta(minutes=2, seconds=3)).isoformat(),
             "rows_checked": 1_000,
+            "diverged_count": 0,
+            "unsettled_count": 0,
             "diverged": [],
             "unsettled": [],
         },
@@ -72,8 +76,12 @@ def test_a_route_without_data_is_not_gated() -> None:
         (ready(lag_seconds=None), "nobody is applying"),
         (ready(verdict=None), "not been verified yet: run `strangler data verify billing`"),
         (
-            ready(verdict={**ready()["verdict"], "clean": False, "diverged": [{}, {}]}),
+            ready(verdict={**ready()["verdict"], "clean": False, "diverged_count": 2}),
             "found 2 diverging rows",
+        ),
+        (
+            ready(backfilled_at=NOW.isoformat()),  # copied again since it was verified
+            "older than the current copy",
         ),
         (
             ready(verdict={**ready()["verdict"], "at": (NOW - dt.timedelta(hours=1)).isoformat()}),

@@ -52,6 +52,7 @@ class Monolith:
     users: UsersFacade
     users_uow: Callable[[], UsersUnitOfWork]
     billing_uow: Callable[[], BillingUnitOfWork]
+    billing_read_uow: Callable[[], BillingUnitOfWork]
     notifications_uow: Callable[[], NotificationsUnitOfWork]
     billing_idempotency: IdempotencyKeys
     billing: BillingPort
@@ -119,6 +120,11 @@ def bootstrap(
             after_commit=eager_delivery("billing"),
         )
 
+    def billing_read_uow() -> BillingUnitOfWork:
+        # For the API's reads: DEFERRED on SQLite, so concurrent lists never
+        # queue behind one another for the write lock.
+        return BillingUnitOfWork(read_sessions)
+
     def notifications_uow() -> NotificationsUnitOfWork:
         return NotificationsUnitOfWork(sessions)
 
@@ -155,6 +161,7 @@ def bootstrap(
         users=users,
         users_uow=users_uow,
         billing_uow=billing_uow,
+        billing_read_uow=billing_read_uow,
         notifications_uow=notifications_uow,
         billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
         billing=billing,

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from extracted.billing_service.billing import handlers, orm
 from extracted.billing_service.billing.consumed import UserDeactivated
 from extracted.billing_service.billing.repository import BillingUnitOfWork
-from servicekit.db import create_engine
+from servicekit.db import create_engine, reader
 from servicekit.events import Envelope
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
@@ -31,6 +31,7 @@ class BillingService:
     bus: EventBus
     relay: OutboxRelay
     billing_uow: Callable[[], BillingUnitOfWork]
+    billing_read_uow: Callable[[], BillingUnitOfWork]
     idempotency: IdempotencyKeys
 
     def check_database(self) -> None:
@@ -53,6 +54,7 @@ def bootstrap(
     """``deliver`` takes billing's events to their consumers (the monolith's inbox)."""
     engine = create_engine(database_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
+    read_sessions = sessionmaker(reader(engine), expire_on_commit=False)
     relay = OutboxRelay(
         sessions,
         orm.outbox,
@@ -73,6 +75,11 @@ def bootstrap(
             after_commit=eagerly if deliver_eagerly else None,
         )
 
+    def billing_read_uow() -> BillingUnitOfWork:
+        # For the API's reads: DEFERRED on SQLite, so concurrent lists never
+        # queue behind one another for the write lock.
+        return BillingUnitOfWork(read_sessions)
+
     # What billing consumes arrives at its inbox endpoint and is applied once.
     bus = EventBus()
     bus.subscribe(
@@ -87,5 +94,6 @@ def bootstrap(
         bus=bus,
         relay=relay,
         billing_uow=billing_uow,
+        billing_read_uow=billing_read_uow,
         idempotency=IdempotencyKeys(sessions, orm.idempotency_keys),
     )

@@ -79,7 +79,7 @@ def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 def test_a_plan_is_created_read_and_listed_in_pages(billing):
     plan = create_plan(billing, price_minor=1_999)
 
-    listed = billing.get("/billing/plans", params={"page_size": 1})
+    listed = billing.get("/billing/plans", params={"page_size": 1, "include_total": "true"})
 
     assert answered(billing.get(f"/billing/plans/{plan['id']}")) == plan
     assert set(plan) == {"id", "code", "name", "price_minor", "currency", "interval", "created_at"}
@@ -180,7 +180,8 @@ def test_subscriptions_are_filtered_by_user_and_status(billing, users):
     answered(billing.post(f"/billing/subscriptions/{subscription['id']}/cancel"))
 
     cancelled = billing.get(
-        "/billing/subscriptions", params={"user_id": user["id"], "status": "cancelled"}
+        "/billing/subscriptions",
+        params={"user_id": user["id"], "status": "cancelled", "include_total": "true"},
     )
 
     assert [s["id"] for s in answered(cancelled)] == [subscription["id"]]
@@ -248,7 +249,9 @@ def test_invoices_are_listed_by_user_and_status(billing, users):
     theirs = open_invoice(billing, users)
     created(pay(billing, theirs["id"], theirs["amount_minor"]))
 
-    by_user = billing.get("/billing/invoices", params={"user_id": mine["user_id"]})
+    by_user = billing.get(
+        "/billing/invoices", params={"user_id": mine["user_id"], "include_total": "true"}
+    )
     paid = answered(billing.get("/billing/invoices", params={"status": "paid", "page_size": 100}))
 
     assert [i["id"] for i in answered(by_user)] == [mine["id"]]

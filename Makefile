@@ -63,3 +63,9 @@ toggle: install  ## move a route: make toggle ROUTE=billing-invoices MODE=canary
 	@test -n "$(ROUTE)" -a -n "$(MODE)" || (echo "usage: make toggle ROUTE=... MODE=... [PERCENT=...] [REASON=...]"; exit 2)
 	STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler set $(ROUTE) $(MODE) $(PERCENT) --reason "$(or $(REASON),make toggle)"
 	@STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler routes
+
+# --- the billing lists (keyset pagination) ----------------------------------------
+.PHONY: bench-list
+bench-list: install var  ## the invoice list at 100k invoices, before/after, SQLite and PostgreSQL
+	@command -v wrk >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)
+	$(BIN)/python bench/list.py $(BENCH_ARGS)

@@ -262,6 +262,56 @@ def test_invoices_are_listed_by_user_and_status(billing, users):
     refused(billing.get("/billing/invoices", params={"page": 10**7}), 422, "validation_failed")
 
 
+def test_invoices_page_by_cursor_without_a_count(billing, users):
+    user = register(users)
+    plans = [create_plan(billing) for _ in range(5)]
+    mine = []
+    for plan in plans:
+        subscription = subscribe(billing, user, plan)
+        mine.append(
+            created(billing.post("/billing/invoices", json={"subscription_id": subscription["id"]}))
+        )
+
+    walked, cursor = [], None
+    while True:
+        params = {"user_id": user["id"], "page_size": 2, **({"cursor": cursor} if cursor else {})}
+        page = billing.get("/billing/invoices", params=params)
+        walked += answered(page)
+        pagination = json.loads(page.headers["X-Pagination"])
+        assert "total" not in pagination and pagination["page_size"] == 2
+        if not pagination["has_more"]:
+            break
+        cursor = pagination["next_cursor"]
+
+    assert [i["id"] for i in walked] == [i["id"] for i in reversed(mine)], "newest first"
+    tampered = cursor[:10] + ("A" if cursor[10] != "A" else "B") + cursor[11:]
+    for bad in ("nonsense", tampered):
+        body = refused(
+            billing.get("/billing/invoices", params={"user_id": user["id"], "cursor": bad}),
+            422,
+            "validation_failed",
+        )
+        assert "cursor" in body["fields"]["query"]
+    both = billing.get("/billing/invoices", params={"cursor": cursor, "page": 2})
+    refused(both, 422, "validation_failed")
+
+
+def test_a_cursor_from_one_side_is_read_by_the_other(deployment):
+    """During a canary the proxy may send a client's next page to the other side."""
+    sides = {"monolith": deployment.monolith_url, "service": deployment.service_url}
+    cursors = {}
+    for side, url in sides.items():
+        for _ in range(2):
+            created(httpx.post(f"{url}/billing/plans", json=plan_body(), timeout=10))
+        first = httpx.get(f"{url}/billing/plans", params={"page_size": 1}, timeout=10)
+        cursors[side] = json.loads(first.headers["X-Pagination"])["next_cursor"]
+
+    for side, url in sides.items():
+        other = cursors["service" if side == "monolith" else "monolith"]
+        params = {"page_size": 1, "cursor": other}
+        assert len(answered(httpx.get(f"{url}/billing/plans", params=params, timeout=10))) == 1
+
+
 # -- payments -----------------------------------------------------------------------
 
 

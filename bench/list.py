@@ -15,17 +15,20 @@ interleaved rounds, the median of each figure over the rounds:
 
     .venv/bin/python bench/list.py [--invoices 100000] [--backends sqlite,postgres]
         [--duration 4] [--rounds 3] [--deep-page 1000] [--baseline REV]
+        [--postgres-url URL-OF-A-SEEDED-DATABASE]
 
 The SQLite database is seeded once and kept in ``var/``; the PostgreSQL one
 (``BENCH_POSTGRES_ADMIN_URL``, by default the test server's) is created and
-dropped by each run. Numbers on a shared 2-core machine are noisy: compare
-the sides of one run, not runs.
+dropped by each run, unless ``--postgres-url`` names one seeded already.
+Numbers on a shared 2-core machine are noisy (the load average is printed):
+compare the sides of one run, not runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -95,8 +98,12 @@ def sqlite_database(invoices: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def postgres_database(invoices: int) -> Iterator[str]:
-    """A database of its own, dropped at the end."""
+def postgres_database(invoices: int, url: str | None = None) -> Iterator[str]:
+    """A database of its own, dropped at the end; or ``url``, seeded already."""
+    if url is not None:
+        migrate_and_seed(url, invoices, seed=False)
+        yield url
+        return
     name = f"strangler_bench_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -247,8 +254,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--deep-page", type=int, default=DEFAULT_DEEP_PAGE)
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="the code before")
+    parser.add_argument("--postgres-url", help="a PostgreSQL database seeded already (kept)")
     args = parser.parse_args()
-    databases = {"sqlite": sqlite_database, "postgres": postgres_database}
+    databases = {
+        "sqlite": sqlite_database,
+        "postgres": functools.partial(postgres_database, url=args.postgres_url),
+    }
 
     print(
         f"invoice list, {args.invoices:,} invoices, page_size {PAGE_SIZE}; wrk, median of "
@@ -258,7 +269,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="strangler-bench-list-") as tmp:
         baseline = baseline_tree(args.baseline, Path(tmp))
         for backend in args.backends.split(","):
-            print(f"\n{backend}:", flush=True)
+            print(f"\n{backend}: (load average {os.getloadavg()[0]:.1f})", flush=True)
             with (
                 databases[backend](args.invoices) as url,
                 served(baseline, url, Path(tmp) / f"{backend}-before.log") as before,
@@ -268,6 +279,7 @@ def main() -> int:
                     targets(before, after, args.deep_page), args.rounds, args.duration
                 )
             report(results, args.deep_page)
+            print(f"  (load average {os.getloadavg()[0]:.1f})")
     return 0
 
 

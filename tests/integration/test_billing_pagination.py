@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -239,3 +240,54 @@ def test_page_and_cursor_together_are_refused(monolith, client):
 
     assert response.status_code == 422
     assert "either cursor or page" in response.get_json()["message"]
+
+
+def test_every_list_reads_an_index_in_order_and_never_sorts(monolith, client):
+    """The ORDER BY of each list, with each filter, matches an index: the
+    database reads the page off it instead of sorting the matching rows.
+
+    PostgreSQL is told to avoid sorts and sequential scans, so the plan shows
+    whether an ordered index *can* serve the query (on a small table it would
+    rightly prefer to sort); SQLite says when it sorts ("TEMP B-TREE").
+    A subscription's invoices (one per period) and a user's subscriptions are
+    few enough to sort, so those two filters have no such index.
+    """
+    seed(monolith, users=3, invoices=9)
+    user_id = ok(client.get("/billing/invoices?page_size=1"))[0]["user_id"]
+    engine = system_of(monolith).engine
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "LIMIT" in statement:
+            statements.append((statement, parameters))
+
+    lists: list[tuple[str, dict[str, str]]] = [
+        ("/billing/plans", {}),
+        ("/billing/subscriptions", {}),
+        ("/billing/subscriptions", {"status": "active"}),
+        ("/billing/invoices", {}),
+        ("/billing/invoices", {"status": "paid"}),
+        ("/billing/invoices", {"user_id": user_id}),
+        ("/billing/invoices", {"user_id": user_id, "status": "paid"}),
+    ]
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        for path, filters in lists:
+            first = client.get(path, query_string={"page_size": 1, **filters})
+            cursor = pagination(first)["next_cursor"]
+            ok(client.get(path, query_string={"page_size": 1, "cursor": cursor, **filters}))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+    assert len(statements) == 2 * len(lists)
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET enable_sort = off")
+            connection.exec_driver_sql("SET enable_seqscan = off")
+            explain = "EXPLAIN "
+        else:
+            explain = "EXPLAIN QUERY PLAN "
+        for statement, parameters in statements:
+            plan = connection.exec_driver_sql(explain + statement, parameters).all()
+            text = "\n".join(" ".join(map(str, row)) for row in plan)
+            assert "TEMP B-TREE" not in text and "Sort" not in text, f"{statement}\n{text}"

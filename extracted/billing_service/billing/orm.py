@@ -26,6 +26,8 @@ plans = sa.Table(
     sa.Column("interval", sa.String(10), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.CheckConstraint("price_minor >= 0", name="price_not_negative"),
+    # Lists read in (created_at, id) order straight off an index (repository._page).
+    sa.Index("ix_billing_plans_created", "created_at", "id"),
 )
 
 subscriptions = sa.Table(

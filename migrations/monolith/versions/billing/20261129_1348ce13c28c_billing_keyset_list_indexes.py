@@ -11,8 +11,8 @@ mixed directions and made both databases sort the rows in a temporary B-tree.
 Each way the invoice list is filtered gets an index that ends in the list's
 order, so that a page is one index range however deep; the user index
 replaces ``(user_id, status, created_at)``, which could not give that order
-for a user's invoices of every status. Subscriptions are listed oldest first
-and had no index on ``created_at`` at all.
+for a user's invoices of every status. Plans and subscriptions are listed
+oldest first and had no index on ``created_at`` at all.
 """
 
 from collections.abc import Sequence
@@ -27,6 +27,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_index("ix_billing_plans_created", "billing_plans", ["created_at", "id"])
     op.create_index(
         "ix_billing_subscriptions_created", "billing_subscriptions", ["created_at", "id"]
     )
@@ -46,3 +47,4 @@ def downgrade() -> None:
     op.drop_index("ix_billing_invoices_status_created", table_name="billing_invoices")
     op.drop_index("ix_billing_invoices_user_created", table_name="billing_invoices")
     op.drop_index("ix_billing_subscriptions_created", table_name="billing_subscriptions")
+    op.drop_index("ix_billing_plans_created", table_name="billing_plans")

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -256,7 +256,7 @@ def main() -> int:
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="the code before")
     parser.add_argument("--postgres-url", help="a PostgreSQL database seeded already (kept)")
     args = parser.parse_args()
-    databases = {
+    databases: dict[str, Callable[[int], contextlib.AbstractContextManager[str]]] = {
         "sqlite": sqlite_database,
         "postgres": functools.partial(postgres_database, url=args.postgres_url),
     }

@@ -27,7 +27,7 @@ from monolith.users import orm as users_orm
 from monolith.users.api import UsersFacade
 from monolith.users.events import UserRegistered
 from monolith.users.repository import UsersUnitOfWork
-from servicekit.db import create_engine, reader
+from servicekit.db import create_engine, is_sqlite, reader
 from servicekit.events import Envelope
 from servicekit.httpclient import HttpClient
 from servicekit.idempotency import IdempotencyKeys
@@ -120,10 +120,19 @@ def bootstrap(
             after_commit=eager_delivery("billing"),
         )
 
+    # The API's reads. On SQLite their transactions begin DEFERRED, so that
+    # concurrent lists never queue for the write lock. On PostgreSQL they run
+    # without one (AUTOCOMMIT): each is a statement or two that need no common
+    # snapshot, and BEGIN and ROLLBACK would be two more round trips each.
+    api_read_sessions = sessionmaker(
+        reader(engine)
+        if is_sqlite(engine)
+        else engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+    )
+
     def billing_read_uow() -> BillingUnitOfWork:
-        # For the API's reads: DEFERRED on SQLite, so concurrent lists never
-        # queue behind one another for the write lock.
-        return BillingUnitOfWork(read_sessions)
+        return BillingUnitOfWork(api_read_sessions)
 
     def notifications_uow() -> NotificationsUnitOfWork:
         return NotificationsUnitOfWork(sessions)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from extracted.billing_service.billing import handlers, orm
 from extracted.billing_service.billing.consumed import UserDeactivated
 from extracted.billing_service.billing.repository import BillingUnitOfWork
-from servicekit.db import create_engine, reader
+from servicekit.db import create_engine, is_sqlite, reader
 from servicekit.events import Envelope
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
@@ -54,7 +54,6 @@ def bootstrap(
     """``deliver`` takes billing's events to their consumers (the monolith's inbox)."""
     engine = create_engine(database_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
-    read_sessions = sessionmaker(reader(engine), expire_on_commit=False)
     relay = OutboxRelay(
         sessions,
         orm.outbox,
@@ -75,10 +74,19 @@ def bootstrap(
             after_commit=eagerly if deliver_eagerly else None,
         )
 
+    # The API's reads. On SQLite their transactions begin DEFERRED, so that
+    # concurrent lists never queue for the write lock. On PostgreSQL they run
+    # without one (AUTOCOMMIT): each is a statement or two that need no common
+    # snapshot, and BEGIN and ROLLBACK would be two more round trips each.
+    api_read_sessions = sessionmaker(
+        reader(engine)
+        if is_sqlite(engine)
+        else engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+    )
+
     def billing_read_uow() -> BillingUnitOfWork:
-        # For the API's reads: DEFERRED on SQLite, so concurrent lists never
-        # queue behind one another for the write lock.
-        return BillingUnitOfWork(read_sessions)
+        return BillingUnitOfWork(api_read_sessions)
 
     # What billing consumes arrives at its inbox endpoint and is applied once.
     bus = EventBus()

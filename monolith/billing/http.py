@@ -37,8 +37,8 @@ def create_blueprint(
     users: services.UserDirectory,
     idempotency_keys: IdempotencyKeys,
 ) -> Blueprint:
-    """``read_uow`` serves the GETs: on SQLite its transactions begin DEFERRED,
-    so that readers neither queue for the write lock nor make writers wait.
+    """``read_uow`` serves the GETs: it never takes SQLite's write lock, nor opens
+    a transaction on PostgreSQL (see ``billing_read_uow`` in bootstrap.py).
 
     The lists page by cursor or by number (:mod:`pagination`) through their
     query schemas rather than flask-smorest's ``@paginate``, which can only

@@ -70,3 +70,9 @@ browser:  ## install Debian's chromium for the dashboard's browser tests (once)
 
 demo-load: install  ## traffic through the proxy while you watch the dashboard (DURATION=120)
 	$(BIN)/python bench/demo_load.py --seconds $(or $(DURATION),120) $(LOAD_ARGS)
+
+# --- the billing lists (keyset pagination) ----------------------------------------
+.PHONY: bench-list
+bench-list: install var  ## the invoice list at 100k invoices, before/after, SQLite and PostgreSQL
+	@command -v wrk >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)
+	$(BIN)/python bench/list.py $(BENCH_ARGS)

@@ -27,7 +27,7 @@ from monolith.users import orm as users_orm
 from monolith.users.api import UsersFacade
 from monolith.users.events import UserRegistered
 from monolith.users.repository import UsersUnitOfWork
-from servicekit.db import create_engine, reader
+from servicekit.db import create_engine, is_sqlite, reader
 from servicekit.httpclient import HttpClient
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
@@ -52,6 +52,7 @@ class Monolith:
     users: UsersFacade
     users_uow: Callable[[], UsersUnitOfWork]
     billing_uow: Callable[[], BillingUnitOfWork]
+    billing_read_uow: Callable[[], BillingUnitOfWork]
     notifications_uow: Callable[[], NotificationsUnitOfWork]
     billing_idempotency: IdempotencyKeys
     billing: BillingPort
@@ -113,6 +114,20 @@ def bootstrap(
             after_commit=after_commit["billing"],
         )
 
+    # The API's reads. On SQLite their transactions begin DEFERRED, so that
+    # concurrent lists never queue for the write lock. On PostgreSQL they run
+    # without one (AUTOCOMMIT): each is a statement or two that need no common
+    # snapshot, and BEGIN and ROLLBACK would be two more round trips each.
+    api_read_sessions = sessionmaker(
+        reader(engine)
+        if is_sqlite(engine)
+        else engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+    )
+
+    def billing_read_uow() -> BillingUnitOfWork:
+        return BillingUnitOfWork(api_read_sessions)
+
     def notifications_uow() -> NotificationsUnitOfWork:
         return NotificationsUnitOfWork(sessions)
 
@@ -149,6 +164,7 @@ def bootstrap(
         users=users,
         users_uow=users_uow,
         billing_uow=billing_uow,
+        billing_read_uow=billing_read_uow,
         notifications_uow=notifications_uow,
         billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
         billing=billing,

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from extracted.billing_service.billing import handlers, orm
 from extracted.billing_service.billing.consumed import UserDeactivated
 from extracted.billing_service.billing.repository import BillingUnitOfWork
-from servicekit.db import create_engine
+from servicekit.db import create_engine, is_sqlite, reader
 from servicekit.events import Envelope
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
@@ -36,6 +36,7 @@ class BillingService:
     bus: EventBus
     relay: OutboxRelay
     billing_uow: Callable[[], BillingUnitOfWork]
+    billing_read_uow: Callable[[], BillingUnitOfWork]
     idempotency: IdempotencyKeys
 
     def check_database(self) -> None:
@@ -77,6 +78,20 @@ def bootstrap(
             after_commit=after_commit,
         )
 
+    # The API's reads. On SQLite their transactions begin DEFERRED, so that
+    # concurrent lists never queue for the write lock. On PostgreSQL they run
+    # without one (AUTOCOMMIT): each is a statement or two that need no common
+    # snapshot, and BEGIN and ROLLBACK would be two more round trips each.
+    api_read_sessions = sessionmaker(
+        reader(engine)
+        if is_sqlite(engine)
+        else engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+    )
+
+    def billing_read_uow() -> BillingUnitOfWork:
+        return BillingUnitOfWork(api_read_sessions)
+
     # What billing consumes arrives at its inbox endpoint and is applied once.
     bus = EventBus()
     bus.subscribe(
@@ -91,5 +106,6 @@ def bootstrap(
         bus=bus,
         relay=relay,
         billing_uow=billing_uow,
+        billing_read_uow=billing_read_uow,
         idempotency=IdempotencyKeys(sessions, orm.idempotency_keys),
     )

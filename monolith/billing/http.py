@@ -9,8 +9,10 @@ from flask.views import MethodView
 
 from monolith.billing import services
 from monolith.billing.domain import Invoice, Payment, Plan, Subscription
+from monolith.billing.pagination import ListQuery
 from monolith.billing.repository import BillingUnitOfWork
 from monolith.billing.schemas import (
+    LIST_HEADERS,
     IdempotencyHeaderSchema,
     InvoiceCreateSchema,
     InvoiceQuerySchema,
@@ -18,6 +20,7 @@ from monolith.billing.schemas import (
     PaymentCreateSchema,
     PaymentSchema,
     PlanCreateSchema,
+    PlanQuerySchema,
     PlanSchema,
     SubscriptionCreateSchema,
     SubscriptionQuerySchema,
@@ -30,23 +33,27 @@ from servicekit.web import idempotent_response
 
 def create_blueprint(
     uow: Callable[[], BillingUnitOfWork],
+    read_uow: Callable[[], BillingUnitOfWork],
     users: services.UserDirectory,
     idempotency_keys: IdempotencyKeys,
 ) -> Blueprint:
+    """``read_uow`` serves the GETs: it never takes SQLite's write lock, nor opens
+    a transaction on PostgreSQL (see ``billing_read_uow`` in bootstrap.py).
+
+    The lists page by cursor or by number (:mod:`pagination`) through their
+    query schemas rather than flask-smorest's ``@paginate``, which can only
+    answer page numbers with a count of every row.
+    """
     blp = Blueprint("billing", __name__, url_prefix="/billing", description="Billing")
 
     @blp.route("/plans")
     class Plans(MethodView):
-        @blp.response(200, PlanSchema(many=True))
-        @blp.paginate()
-        def get(self, pagination_parameters: Any) -> list[Plan]:
-            """List plans"""
-            plans, pagination_parameters.item_count = services.list_plans(
-                uow(),
-                offset=pagination_parameters.first_item,
-                limit=pagination_parameters.page_size,
-            )
-            return plans
+        @blp.arguments(PlanQuerySchema, location="query")
+        @blp.response(200, PlanSchema(many=True), headers=LIST_HEADERS)
+        def get(self, query: ListQuery) -> tuple[list[Plan], dict[str, str]]:
+            """List plans, oldest first"""
+            page = services.list_plans(read_uow(), query.page)
+            return page.items, query.headers(page)
 
         @blp.arguments(PlanCreateSchema)
         @blp.response(201, PlanSchema)
@@ -61,22 +68,16 @@ def create_blueprint(
         @blp.alt_response(404, description="No such plan")
         def get(self, plan_id: Any) -> Plan:
             """Get a plan"""
-            return services.get_plan(uow(), str(plan_id))
+            return services.get_plan(read_uow(), str(plan_id))
 
     @blp.route("/subscriptions")
     class Subscriptions(MethodView):
         @blp.arguments(SubscriptionQuerySchema, location="query")
-        @blp.response(200, SubscriptionSchema(many=True))
-        @blp.paginate()
-        def get(self, query: dict[str, Any], pagination_parameters: Any) -> list[Subscription]:
-            """List subscriptions, filtered by user and status"""
-            found, pagination_parameters.item_count = services.list_subscriptions(
-                uow(),
-                offset=pagination_parameters.first_item,
-                limit=pagination_parameters.page_size,
-                **_filters(query),
-            )
-            return found
+        @blp.response(200, SubscriptionSchema(many=True), headers=LIST_HEADERS)
+        def get(self, query: ListQuery) -> tuple[list[Subscription], dict[str, str]]:
+            """List subscriptions, oldest first, filtered by user and status"""
+            page = services.list_subscriptions(read_uow(), query.page, **query.filters)
+            return page.items, query.headers(page)
 
         @blp.arguments(SubscriptionCreateSchema)
         @blp.response(201, SubscriptionSchema)
@@ -96,7 +97,7 @@ def create_blueprint(
         @blp.alt_response(404, description="No such subscription")
         def get(self, subscription_id: Any) -> Subscription:
             """Get a subscription"""
-            return services.get_subscription(uow(), str(subscription_id))
+            return services.get_subscription(read_uow(), str(subscription_id))
 
     @blp.route("/subscriptions/<uuid:subscription_id>/cancel")
     class SubscriptionCancellation(MethodView):
@@ -110,17 +111,11 @@ def create_blueprint(
     @blp.route("/invoices")
     class Invoices(MethodView):
         @blp.arguments(InvoiceQuerySchema, location="query")
-        @blp.response(200, InvoiceSchema(many=True))
-        @blp.paginate()
-        def get(self, query: dict[str, Any], pagination_parameters: Any) -> list[Invoice]:
+        @blp.response(200, InvoiceSchema(many=True), headers=LIST_HEADERS)
+        def get(self, query: ListQuery) -> tuple[list[Invoice], dict[str, str]]:
             """List invoices, newest first, filtered by user, subscription and status"""
-            found, pagination_parameters.item_count = services.list_invoices(
-                uow(),
-                offset=pagination_parameters.first_item,
-                limit=pagination_parameters.page_size,
-                **_filters(query),
-            )
-            return found
+            page = services.list_invoices(read_uow(), query.page, **query.filters)
+            return page.items, query.headers(page)
 
         @blp.arguments(InvoiceCreateSchema)
         @blp.response(201, InvoiceSchema)
@@ -138,7 +133,7 @@ def create_blueprint(
         @blp.alt_response(404, description="No such invoice")
         def get(self, invoice_id: Any) -> Invoice:
             """Get an invoice"""
-            return services.get_invoice(uow(), str(invoice_id))
+            return services.get_invoice(read_uow(), str(invoice_id))
 
     @blp.route("/invoices/<uuid:invoice_id>/issue")
     class InvoiceIssue(MethodView):
@@ -164,7 +159,7 @@ def create_blueprint(
         @blp.alt_response(404, description="No such invoice")
         def get(self, invoice_id: Any) -> list[Payment]:
             """List an invoice's payments"""
-            return services.list_payments(uow(), str(invoice_id))
+            return services.list_payments(read_uow(), str(invoice_id))
 
         @blp.arguments(IdempotencyHeaderSchema, location="headers")
         @blp.arguments(PaymentCreateSchema)
@@ -187,8 +182,3 @@ def create_blueprint(
             )
 
     return blp
-
-
-def _filters(query: dict[str, Any]) -> dict[str, str]:
-    """Query filters as plain strings (UUIDs and enums arrive parsed)."""
-    return {name: str(getattr(value, "value", value)) for name, value in query.items()}

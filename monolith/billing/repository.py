@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,11 +14,14 @@ from monolith.billing.domain import (
     Interval,
     Invoice,
     InvoiceStatus,
+    Page,
+    PageRequest,
     Payment,
     Plan,
     Subscription,
     SubscriptionStatus,
 )
+from servicekit.db import UTCDateTime
 from servicekit.uow import UnitOfWork
 
 
@@ -32,6 +36,43 @@ class _Repository:
         query = sa.select(sa.func.count()).select_from(table).where(*conditions)
         return self._session.execute(query).scalar_one()
 
+    def _page(
+        self,
+        table: sa.Table,
+        conditions: list[sa.ColumnElement[bool]],
+        request: PageRequest,
+        *,
+        newest_first: bool,
+    ) -> tuple[Sequence[sa.Row[Any]], bool, int | None]:
+        """One page of ``table`` in ``(created_at, id)`` order: its rows, whether
+        more follow, and the total when asked for.
+
+        Both sort columns run the same direction, so that one index on
+        ``(created_at, id)`` (or ``(filter, created_at, id)``) is read in order,
+        forwards or backwards, and the first rows are the answer: no sort, and
+        with a position (keyset) no rows skipped either. One row more than the
+        page tells whether another page follows, instead of counting them all.
+        """
+        key = sa.tuple_(table.c.created_at, table.c.id)
+        where = list(conditions)
+        if request.after is not None:
+            after = sa.tuple_(
+                sa.literal(request.after.created_at, UTCDateTime()),
+                sa.literal(request.after.id, sa.String()),
+            )
+            where.append(key < after if newest_first else key > after)
+        order = (table.c.created_at, table.c.id)
+        query = (
+            sa.select(table)
+            .where(*where)
+            .order_by(*(column.desc() for column in order) if newest_first else order)
+            .offset(request.offset)
+            .limit(request.size + 1)
+        )
+        rows = self._session.execute(query).all()
+        total = self._count(table, *conditions) if request.count else None
+        return rows[: request.size], len(rows) > request.size, total
+
 
 class PlanRepository(_Repository):
     def add(self, plan: Plan) -> None:
@@ -45,10 +86,10 @@ class PlanRepository(_Repository):
         query = sa.select(orm.plans.c.id).where(orm.plans.c.code == code)
         return self._select_one(query) is not None
 
-    def list(self, *, offset: int, limit: int) -> tuple[list[Plan], int]:
-        query = sa.select(orm.plans).order_by(orm.plans.c.created_at, orm.plans.c.id)
-        rows = self._session.execute(query.offset(offset).limit(limit)).all()
-        return [_plan(row) for row in rows], self._count(orm.plans)
+    def list(self, request: PageRequest) -> Page[Plan]:
+        """Oldest first."""
+        rows, has_more, total = self._page(orm.plans, [], request, newest_first=False)
+        return Page([_plan(row) for row in rows], has_more, total)
 
 
 class SubscriptionRepository(_Repository):
@@ -76,13 +117,14 @@ class SubscriptionRepository(_Repository):
         return [_subscription(row) for row in rows]
 
     def list(
-        self, *, offset: int, limit: int, user_id: str | None, status: str | None
-    ) -> tuple[list[Subscription], int]:
-        s = orm.subscriptions
-        conditions = _equal(s, user_id=user_id, status=status)
-        query = sa.select(s).where(*conditions).order_by(s.c.created_at, s.c.id)
-        rows = self._session.execute(query.offset(offset).limit(limit)).all()
-        return [_subscription(row) for row in rows], self._count(s, *conditions)
+        self, request: PageRequest, *, user_id: str | None, status: str | None
+    ) -> Page[Subscription]:
+        """Oldest first."""
+        conditions = _equal(orm.subscriptions, user_id=user_id, status=status)
+        rows, has_more, total = self._page(
+            orm.subscriptions, conditions, request, newest_first=False
+        )
+        return Page([_subscription(row) for row in rows], has_more, total)
 
 
 class InvoiceRepository(_Repository):
@@ -108,18 +150,18 @@ class InvoiceRepository(_Repository):
 
     def list(
         self,
+        request: PageRequest,
         *,
-        offset: int,
-        limit: int,
         user_id: str | None,
         status: str | None,
         subscription_id: str | None,
-    ) -> tuple[list[Invoice], int]:
-        i = orm.invoices
-        conditions = _equal(i, user_id=user_id, status=status, subscription_id=subscription_id)
-        query = sa.select(i).where(*conditions).order_by(i.c.created_at.desc(), i.c.id)
-        rows = self._session.execute(query.offset(offset).limit(limit)).all()
-        return [_invoice(row) for row in rows], self._count(i, *conditions)
+    ) -> Page[Invoice]:
+        """Newest first."""
+        conditions = _equal(
+            orm.invoices, user_id=user_id, status=status, subscription_id=subscription_id
+        )
+        rows, has_more, total = self._page(orm.invoices, conditions, request, newest_first=True)
+        return Page([_invoice(row) for row in rows], has_more, total)
 
 
 class PaymentRepository(_Repository):

@@ -18,6 +18,8 @@ from monolith.billing.domain import (
     Invoice,
     InvoiceNotFound,
     InvoiceStatus,
+    Page,
+    PageRequest,
     Payment,
     Plan,
     PlanCodeTaken,
@@ -72,9 +74,9 @@ def get_plan(uow: BillingUnitOfWork, plan_id: str) -> Plan:
     return plan
 
 
-def list_plans(uow: BillingUnitOfWork, *, offset: int, limit: int) -> tuple[list[Plan], int]:
+def list_plans(uow: BillingUnitOfWork, page: PageRequest) -> Page[Plan]:
     with uow:
-        return uow.plans.list(offset=offset, limit=limit)
+        return uow.plans.list(page)
 
 
 # -- subscriptions ----------------------------------------------------------------
@@ -122,14 +124,13 @@ def get_subscription(uow: BillingUnitOfWork, subscription_id: str) -> Subscripti
 
 def list_subscriptions(
     uow: BillingUnitOfWork,
+    page: PageRequest,
     *,
-    offset: int,
-    limit: int,
     user_id: str | None = None,
     status: str | None = None,
-) -> tuple[list[Subscription], int]:
+) -> Page[Subscription]:
     with uow:
-        return uow.subscriptions.list(offset=offset, limit=limit, user_id=user_id, status=status)
+        return uow.subscriptions.list(page, user_id=user_id, status=status)
 
 
 def cancel_subscription(
@@ -232,20 +233,16 @@ def get_invoice(uow: BillingUnitOfWork, invoice_id: str) -> Invoice:
 
 def list_invoices(
     uow: BillingUnitOfWork,
+    page: PageRequest,
     *,
-    offset: int,
-    limit: int,
     user_id: str | None = None,
     status: str | None = None,
     subscription_id: str | None = None,
-) -> tuple[list[Invoice], int]:
+) -> Page[Invoice]:
+    """Newest first."""
     with uow:
         return uow.invoices.list(
-            offset=offset,
-            limit=limit,
-            user_id=user_id,
-            status=status,
-            subscription_id=subscription_id,
+            page, user_id=user_id, status=status, subscription_id=subscription_id
         )
 
 

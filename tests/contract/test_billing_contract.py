@@ -79,7 +79,7 @@ def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 def test_a_plan_is_created_read_and_listed_in_pages(billing):
     plan = create_plan(billing, price_minor=1_999)
 
-    listed = billing.get("/billing/plans", params={"page_size": 1})
+    listed = billing.get("/billing/plans", params={"page_size": 1, "include_total": "true"})
 
     assert answered(billing.get(f"/billing/plans/{plan['id']}")) == plan
     assert set(plan) == {"id", "code", "name", "price_minor", "currency", "interval", "created_at"}
@@ -180,7 +180,8 @@ def test_subscriptions_are_filtered_by_user_and_status(billing, users):
     answered(billing.post(f"/billing/subscriptions/{subscription['id']}/cancel"))
 
     cancelled = billing.get(
-        "/billing/subscriptions", params={"user_id": user["id"], "status": "cancelled"}
+        "/billing/subscriptions",
+        params={"user_id": user["id"], "status": "cancelled", "include_total": "true"},
     )
 
     assert [s["id"] for s in answered(cancelled)] == [subscription["id"]]
@@ -248,7 +249,9 @@ def test_invoices_are_listed_by_user_and_status(billing, users):
     theirs = open_invoice(billing, users)
     created(pay(billing, theirs["id"], theirs["amount_minor"]))
 
-    by_user = billing.get("/billing/invoices", params={"user_id": mine["user_id"]})
+    by_user = billing.get(
+        "/billing/invoices", params={"user_id": mine["user_id"], "include_total": "true"}
+    )
     paid = answered(billing.get("/billing/invoices", params={"status": "paid", "page_size": 100}))
 
     assert [i["id"] for i in answered(by_user)] == [mine["id"]]
@@ -257,6 +260,56 @@ def test_invoices_are_listed_by_user_and_status(billing, users):
     refused(billing.get("/billing/invoices", params={"status": "unpaid"}), 422, "validation_failed")
     refused(billing.get("/billing/invoices", params={"page_size": 1000}), 422, "validation_failed")
     refused(billing.get("/billing/invoices", params={"page": 10**7}), 422, "validation_failed")
+
+
+def test_invoices_page_by_cursor_without_a_count(billing, users):
+    user = register(users)
+    plans = [create_plan(billing) for _ in range(5)]
+    mine = []
+    for plan in plans:
+        subscription = subscribe(billing, user, plan)
+        mine.append(
+            created(billing.post("/billing/invoices", json={"subscription_id": subscription["id"]}))
+        )
+
+    walked, cursor = [], None
+    while True:
+        params = {"user_id": user["id"], "page_size": 2, **({"cursor": cursor} if cursor else {})}
+        page = billing.get("/billing/invoices", params=params)
+        walked += answered(page)
+        pagination = json.loads(page.headers["X-Pagination"])
+        assert "total" not in pagination and pagination["page_size"] == 2
+        if not pagination["has_more"]:
+            break
+        cursor = pagination["next_cursor"]
+
+    assert [i["id"] for i in walked] == [i["id"] for i in reversed(mine)], "newest first"
+    tampered = cursor[:10] + ("A" if cursor[10] != "A" else "B") + cursor[11:]
+    for bad in ("nonsense", tampered):
+        body = refused(
+            billing.get("/billing/invoices", params={"user_id": user["id"], "cursor": bad}),
+            422,
+            "validation_failed",
+        )
+        assert "cursor" in body["fields"]["query"]
+    both = billing.get("/billing/invoices", params={"cursor": cursor, "page": 2})
+    refused(both, 422, "validation_failed")
+
+
+def test_a_cursor_from_one_side_is_read_by_the_other(deployment):
+    """During a canary the proxy may send a client's next page to the other side."""
+    sides = {"monolith": deployment.monolith_url, "service": deployment.service_url}
+    cursors = {}
+    for side, url in sides.items():
+        for _ in range(2):
+            created(httpx.post(f"{url}/billing/plans", json=plan_body(), timeout=10))
+        first = httpx.get(f"{url}/billing/plans", params={"page_size": 1}, timeout=10)
+        cursors[side] = json.loads(first.headers["X-Pagination"])["next_cursor"]
+
+    for side, url in sides.items():
+        other = cursors["service" if side == "monolith" else "monolith"]
+        params = {"page_size": 1, "cursor": other}
+        assert len(answered(httpx.get(f"{url}/billing/plans", params=params, timeout=10))) == 1
 
 
 # -- payments -----------------------------------------------------------------------

@@ -163,7 +163,7 @@ def test_invoices_are_listed_by_user_and_status_in_pages(client):
     other = open_invoice(client)
     ok(pay(client, other["id"], other["amount_minor"]), 201)
 
-    mine = client.get(f"/billing/invoices?user_id={open_one['user_id']}")
+    mine = client.get(f"/billing/invoices?user_id={open_one['user_id']}&include_total=true")
     paid = ok(client.get("/billing/invoices?status=paid"))
     bad = client.get("/billing/invoices?status=unpaid")
 

@@ -10,6 +10,7 @@ import calendar
 import dataclasses
 import datetime as dt
 import enum
+from typing import Generic, Protocol, TypeVar
 
 from servicekit.errors import Conflict, NotFound, RuleViolated
 
@@ -232,3 +233,53 @@ class Invoice:
             currency=currency,
             created_at=now,
         )
+
+
+# -- lists ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """A place in a list: the sort key of one item. Lists are ordered by
+    ``(created_at, id)`` — both never change once written, and ``id`` is unique —
+    so a position stays where it is whatever is inserted around it."""
+
+    created_at: dt.datetime
+    id: str
+
+
+class Listed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> dt.datetime: ...
+
+
+T = TypeVar("T", bound=Listed)
+
+
+@dataclasses.dataclass(frozen=True)
+class PageRequest:
+    """Which page of a list to read: the ``size`` items after ``after`` (keyset),
+    or after skipping ``offset`` items (page numbers: its cost grows with the
+    offset). ``count`` asks for the total as well, which costs a scan."""
+
+    size: int
+    after: Position | None = None
+    offset: int = 0
+    count: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+    total: int | None = None
+
+    @property
+    def last(self) -> Position | None:
+        """Where the next page starts after, or None if there is none."""
+        if not (self.has_more and self.items):
+            return None
+        return Position(self.items[-1].created_at, self.items[-1].id)

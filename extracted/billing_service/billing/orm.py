@@ -26,6 +26,8 @@ plans = sa.Table(
     sa.Column("interval", sa.String(10), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.CheckConstraint("price_minor >= 0", name="price_not_negative"),
+    # Lists read in (created_at, id) order straight off an index (repository._page).
+    sa.Index("ix_billing_plans_created", "created_at", "id"),
 )
 
 subscriptions = sa.Table(
@@ -39,6 +41,8 @@ subscriptions = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("cancelled_at", UTCDateTime(), nullable=True),
     sa.Index("ix_billing_subscriptions_user", "user_id", "status"),
+    # Lists read in (created_at, id) order straight off an index (repository._page).
+    sa.Index("ix_billing_subscriptions_created", "created_at", "id"),
     # One active subscription per user and plan, even under concurrent requests.
     sa.Index(
         "uq_billing_subscriptions_active",
@@ -70,8 +74,12 @@ invoices = sa.Table(
     sa.Column("voided_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("subscription_id", "period_start"),
     sa.CheckConstraint("amount_paid_minor <= amount_minor", name="not_overpaid"),
-    sa.Index("ix_billing_invoices_user_status", "user_id", "status", "created_at"),
+    # One index per way the list is filtered, each ending in the list's order
+    # (created_at, id), read backwards for newest first: a page is a range of
+    # one index whatever the filter and however deep (repository._page).
     sa.Index("ix_billing_invoices_created", "created_at", "id"),
+    sa.Index("ix_billing_invoices_user_created", "user_id", "created_at", "id"),
+    sa.Index("ix_billing_invoices_status_created", "status", "created_at", "id"),
 )
 
 payments = sa.Table(

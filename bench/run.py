@@ -218,7 +218,7 @@ def system(log_dir: Path) -> Iterator[dict[str, str]]:
         run([str(BIN / "alembic"), "-n", "proxy", "-x", f"url={proxy_db}", "upgrade", "heads"])
         proxy = Service(
             "proxy",
-            gunicorn("strangler_proxy.gunicorn_conf", ports["proxy"], "strangler_proxy.wsgi:app"),
+            gunicorn("strangler_proxy.gunicorn_conf", ports["proxy"], "strangler_proxy.asgi:app"),
             {
                 "PROXY_DATABASE_URL": proxy_db,
                 "PROXY_MONOLITH_URL": urls["direct"],

@@ -7,21 +7,33 @@ Only entry points (the WSGI module, gunicorn's config, CLI commands) call
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 
 from flask import g, has_request_context
 
-__all__ = ["LOG_FORMAT", "RequestIdFilter", "configure_logging", "current_request_id"]
+__all__ = [
+    "LOG_FORMAT",
+    "RequestIdFilter",
+    "configure_logging",
+    "current_request_id",
+    "request_id_context",
+]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 DEFAULT_LEVEL = "INFO"
 
 
+#: The request id where there is no Flask request (the proxy's event loop, its
+#: background writers); Flask apps keep theirs in ``g``. One lookup serves both.
+request_id_context: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
 def current_request_id() -> str:
     if has_request_context():
         return str(getattr(g, "request_id", "-"))
-    return "-"
+    return request_id_context.get()
 
 
 class RequestIdFilter(logging.Filter):

@@ -14,13 +14,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from servicekit.web import ServiceApi, init_service, openapi_settings
-from strangler_proxy.config import ADMIN_TEAM, hash_token
-from strangler_proxy.domain import MODES
+from strangler_proxy.config import hash_token
+from strangler_proxy.domain import MODES, may_change
 from strangler_proxy.metrics import CONTENT_TYPE_LATEST
 from strangler_proxy.repository import as_dict
 
 if TYPE_CHECKING:
-    from strangler_proxy.app import Proxy
+    from strangler_proxy.bootstrap import Proxy
 
 __all__ = ["create_admin_app"]
 
@@ -158,7 +158,7 @@ def _blueprint(proxy: Proxy) -> Blueprint:
         def patch(self, change: dict[str, Any], name: str) -> dict[str, Any]:
             """Move a route: set its mode (and a canary's percent), with a reason."""
             route = _route(proxy, name)
-            if g.team not in (route.owner, ADMIN_TEAM):
+            if not may_change(g.team, route):
                 abort(403, message=f"route {name!r} belongs to {route.owner}, not {g.team}")
             changed = proxy.store.change(
                 name,

@@ -32,9 +32,11 @@ DEFAULT_DEMOTE_MIN_REQUESTS = 20
 DEFAULT_DEMOTE_WINDOW = 30.0
 DEFAULT_CANARY_HEADER = "X-User-ID"
 DEFAULT_CANARY_COOKIE = "user_id"
-DEFAULT_SHADOW_THREADS = 4
 DEFAULT_SHADOW_IN_FLIGHT = 32
-ADMIN_TEAM = "admin"
+#: The share of a shadowed route's safe requests that get a shadow copy.
+DEFAULT_SHADOW_SAMPLE = 1.0
+#: A request body must arrive within this many seconds (else 408).
+DEFAULT_BODY_TIMEOUT = 10.0
 
 
 def defaults() -> dict[str, Any]:
@@ -63,8 +65,9 @@ def defaults() -> dict[str, Any]:
         "CANARY_COOKIE": DEFAULT_CANARY_COOKIE,
         # Peers whose X-Forwarded-* headers are believed (e.g. the load balancer).
         "TRUSTED_PEERS": "",
-        "SHADOW_THREADS": DEFAULT_SHADOW_THREADS,
         "SHADOW_IN_FLIGHT": DEFAULT_SHADOW_IN_FLIGHT,
+        "SHADOW_SAMPLE": DEFAULT_SHADOW_SAMPLE,
+        "BODY_TIMEOUT": DEFAULT_BODY_TIMEOUT,
         "ACCESS_LOG": True,
     }
 

@@ -1,5 +1,16 @@
-"""The one place that wires the proxy: database, route table, upstreams,
-the forwarding app, the admin app and the worker's background thread."""
+"""The composition root of the proxy: the one place that builds and wires the
+database, the route table, the upstreams, the recorder, the shadower, the
+dispatcher and the admin app — and the worker's background thread.
+
+Data flows one way, from here down: the dispatcher reads the route table
+from a holder this module swaps, and hands records, shadow outcomes and
+mismatches to queues this module drains. Nothing below calls back up.
+
+The background thread, every ``POLL_SECONDS``: reloads the route table if
+its revision moved; every ``FLUSH_SECONDS``: writes pending records (access
+log, metrics), reports traffic counts, demotes failing routes and stores
+shadow mismatches.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +18,26 @@ import datetime as dt
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
-
-from flask import g
 
 from servicekit.db import create_engine, utcnow
 from servicekit.errors import Conflict
-from servicekit.web import error_response
 from strangler_proxy import admin, config
-from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable, compare, demotion_reason
-from strangler_proxy.forwarding import Forwarder, Upstream
+from strangler_proxy.dispatch import Dispatcher, TableHolder
+from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable, demotion_reason
 from strangler_proxy.metrics import BREAKER_STATES, Metrics
+from strangler_proxy.recording import Recorder
 from strangler_proxy.repository import RouteStore, load_route_file
+from strangler_proxy.server import WsgiBridge
+from strangler_proxy.shadowing import Mismatch, Shadower
 from strangler_proxy.traffic import Traffic
+from strangler_proxy.upstream import Upstream
 
-__all__ = ["Proxy", "create_app"]
+__all__ = ["Proxy", "bootstrap"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +46,16 @@ DEMOTION_ACTOR = "strangler-proxy"
 TRAFFIC_RETENTION = dt.timedelta(minutes=10)
 #: The live rates in the listing are over this many seconds.
 RATE_WINDOW_SECONDS = 10.0
+#: Threads serving the admin API (it reads the database; the loop must not).
+ADMIN_THREADS = 4
+#: Bytes of each body kept with a stored mismatch.
+SAMPLE_BYTES = 4096
 
 
 class Proxy:
-    """The WSGI app gunicorn serves, with what tests need to reach into."""
+    """The wired proxy: the ASGI app gunicorn serves (``proxy.app``) and what
+    the admin API and tests reach: ``store``, ``table``, ``refresh()``,
+    ``rates()``, ``tokens``, ``metrics``."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
@@ -46,9 +64,9 @@ class Proxy:
         self.store = RouteStore(self.engine)
         if self.store.seed(load_route_file(settings["ROUTES_FILE"])):
             logger.info("seeded the route table from %s", settings["ROUTES_FILE"])
-        self._table = self.store.load()
+        self.routes = TableHolder(self.store.load())
         self.metrics = Metrics()
-        self.metrics.revision.set(self._table.revision)
+        self.metrics.revision.set(self.routes.table.revision)
         self.traffic = Traffic()
         self.tokens = config.token_hashes(settings["TOKENS"])
         self.policy = DemotionPolicy(
@@ -71,49 +89,61 @@ class Proxy:
             )
             for name, url in config.upstreams(settings).items()
         }
-        self.shadows = ThreadPoolExecutor(
-            int(settings["SHADOW_THREADS"]), thread_name_prefix="shadow"
+        self.recorder = Recorder(
+            self.metrics, self.traffic, access_log=bool(settings["ACCESS_LOG"])
         )
-        self.admin = admin.create_admin_app(self)
-        self.forwarder = Forwarder(
-            settings=settings,
-            table=lambda: self._table,
-            upstreams=self.upstreams,
-            admin=self.admin,
-            errors=self._error,
+        self.mismatches: queue.SimpleQueue[Mismatch] = queue.SimpleQueue()
+        self.shadower = Shadower(
             metrics=self.metrics,
             traffic=self.traffic,
-            shadows=self.shadows,
-            on_mismatch=self._compare,
+            mismatches=self.mismatches,
+            in_flight=int(settings["SHADOW_IN_FLIGHT"]),
+            sample=float(settings["SHADOW_SAMPLE"]),
+            timeout=float(settings["SHADOW_TIMEOUT"]),
+        )
+        self.admin = admin.create_admin_app(self)
+        self.admin_bridge = WsgiBridge(self.admin, ADMIN_THREADS, int(settings["MAX_BODY_BYTES"]))
+        self.app = Dispatcher(
+            routes=self.routes,
+            upstreams=self.upstreams,
+            admin=self.admin_bridge,
+            recorder=self.recorder,
+            shadower=self.shadower,
+            max_body=int(settings["MAX_BODY_BYTES"]),
+            body_timeout=float(settings["BODY_TIMEOUT"]),
+            canary_header=str(settings["CANARY_HEADER"]),
+            canary_cookie=str(settings["CANARY_COOKIE"]),
+            trusted_peers=frozenset(filter(None, str(settings["TRUSTED_PEERS"]).split(","))),
         )
         self._forgot_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._background, name="route-poller", daemon=True)
         self._thread.start()
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        return self.forwarder(environ, start_response)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
     @property
     def table(self) -> RouteTable:
-        return self._table
+        return self.routes.table
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.shadows.shutdown(wait=False, cancel_futures=True)
+        self.shadower.close()
+        self.admin_bridge.close()
         for upstream in self.upstreams.values():
-            upstream.pool.close()
+            upstream.close()
         self.engine.dispose()
 
     # --- the route table ------------------------------------------------------
 
     def refresh(self) -> None:
         """Reload the routes if another worker (or process) changed them."""
-        if self.store.revision() != self._table.revision:
-            self._table = self.store.load()
-            self.metrics.revision.set(self._table.revision)
-            logger.info("now serving route table revision %s", self._table.revision)
+        if self.store.revision() != self.routes.table.revision:
+            self.routes.table = self.store.load()
+            self.metrics.revision.set(self.routes.table.revision)
+            logger.info("now serving route table revision %s", self.routes.table.revision)
 
     def _background(self) -> None:
         poll = float(self.settings["POLL_SECONDS"])
@@ -122,15 +152,19 @@ class Proxy:
         while not self._stop.wait(poll):
             try:
                 self.refresh()
+                self.store_mismatches()
                 since_flush += poll
                 if since_flush >= flush_every:
                     since_flush = 0.0
                     self.flush()
             except Exception:  # a database hiccup must not end the worker's polling
                 logger.exception("route table poll failed")
+        self.recorder.flush()
 
     def flush(self) -> None:
-        """Report this worker's traffic, then demote any route that fails."""
+        """Write pending records, report this worker's traffic, then demote
+        any route that fails."""
+        self.recorder.flush()
         self.store.add_traffic(self.worker, self.traffic.take())
         for name, upstream in self.upstreams.items():
             self.metrics.breaker.labels(name).set(BREAKER_STATES[upstream.breaker.state])
@@ -140,9 +174,8 @@ class Proxy:
             self.store.forget_traffic(utcnow() - TRAFFIC_RETENTION)
 
     def demote_failing_routes(self) -> None:
-        watched = [r for r in self._table.routes if r.mode in ("shadow", "canary", "service")]
-        if not watched:
-            return
+        table = self.routes.table
+        watched = [r for r in table.routes if r.mode in ("shadow", "canary", "service")]
         now = utcnow()
         for route in watched:
             since = now - dt.timedelta(seconds=self.policy.window_seconds)
@@ -173,6 +206,24 @@ class Proxy:
             logger.warning("route %s demoted to the monolith: %s", route.name, reason)
             self.refresh()
 
+    def store_mismatches(self) -> None:
+        while True:
+            try:
+                mismatch = self.mismatches.get_nowait()
+            except queue.Empty:
+                return
+            self.store.record_mismatch(
+                route=mismatch.route,
+                request_id=mismatch.request_id,
+                method=mismatch.method,
+                path=mismatch.path,
+                monolith_status=mismatch.monolith_status,
+                service_status=mismatch.service_status,
+                monolith_body=_sample(mismatch.monolith_body),
+                service_body=_sample(mismatch.service_body),
+                diff=mismatch.diff,
+            )
+
     def rates(self) -> dict[str, dict[str, float]]:
         since = utcnow() - dt.timedelta(seconds=RATE_WINDOW_SECONDS)
         rates = {}
@@ -184,49 +235,6 @@ class Proxy:
             }
         return rates
 
-    # --- shadow ---------------------------------------------------------------
-
-    def _compare(self, shadow: Any, primary: tuple[int, bytes], other: tuple[int, bytes]) -> None:
-        route = shadow.route
-        result = compare(primary[0], primary[1], other[0], other[1], route.ignore)
-        self.traffic.shadow(route.name, mismatch=not result.equal)
-        self.metrics.shadow(route.name, "match" if result.equal else "mismatch")
-        if result.equal:
-            return
-        self.store.record_mismatch(
-            route=route.name,
-            request_id=shadow.request_id,
-            method=shadow.method,
-            path=shadow.target,
-            monolith_status=primary[0],
-            service_status=other[0],
-            monolith_body=_sample(primary[1]),
-            service_body=_sample(other[1]),
-            diff=result.diff,
-        )
-
-    # --- errors ---------------------------------------------------------------
-
-    def _error(
-        self,
-        environ: dict[str, Any],
-        start_response: Callable[..., Any],
-        status: int,
-        message: str,
-        request_id: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any:
-        """Answer with servicekit's one error envelope (built in the admin app's context)."""
-        with self.admin.test_request_context():
-            g.request_id = request_id
-            response = error_response(
-                status, message, headers={"X-Request-ID": request_id, **(headers or {})}
-            )
-        return response(environ, start_response)
-
-
-SAMPLE_BYTES = 4096
-
 
 def _sample(body: bytes) -> str:
     text = body[:SAMPLE_BYTES].decode("utf-8", errors="replace")
@@ -236,6 +244,6 @@ def _sample(body: bytes) -> str:
         return text
 
 
-def create_app(overrides: Mapping[str, Any] | None = None) -> Proxy:
+def bootstrap(overrides: Mapping[str, Any] | None = None) -> Proxy:
     """Build the proxy from defaults, ``PROXY_*`` variables and ``overrides``."""
     return Proxy(config.load(overrides))

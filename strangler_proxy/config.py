@@ -37,6 +37,11 @@ DEFAULT_SHADOW_IN_FLIGHT = 32
 DEFAULT_SHADOW_SAMPLE = 1.0
 #: A request body must arrive within this many seconds (else 408).
 DEFAULT_BODY_TIMEOUT = 10.0
+#: nginx's default header buffers hold 4 x 8 KiB; past that it refuses too (431).
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+#: The header block must arrive within this many seconds (else 408 and close);
+#: nginx's client_header_timeout is 60 s, a proxy on a LAN can ask for less.
+DEFAULT_HEADER_TIMEOUT = 10.0
 
 
 def defaults() -> dict[str, Any]:
@@ -68,6 +73,8 @@ def defaults() -> dict[str, Any]:
         "SHADOW_IN_FLIGHT": DEFAULT_SHADOW_IN_FLIGHT,
         "SHADOW_SAMPLE": DEFAULT_SHADOW_SAMPLE,
         "BODY_TIMEOUT": DEFAULT_BODY_TIMEOUT,
+        "MAX_HEADER_BYTES": DEFAULT_MAX_HEADER_BYTES,
+        "HEADER_TIMEOUT": DEFAULT_HEADER_TIMEOUT,
         "ACCESS_LOG": True,
     }
 

@@ -18,21 +18,17 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from strangler_proxy import config
 from strangler_proxy.dispatch import RAW_TARGET, TRANSPORT, Receive, Scope, Send
 
-__all__ = ["ProxyHttpProtocol", "ProxyWorker", "WsgiBridge"]
-
-#: nginx's default header buffers hold 4 x 8 KiB; past that it refuses too.
-DEFAULT_MAX_HEADER_BYTES = 32 * 1024
-#: nginx's client_header_timeout is 60 s; a proxy on a LAN can ask for less.
-DEFAULT_HEADER_TIMEOUT = 10.0
+__all__ = ["ProxyHttpProtocol", "ProxyWorker", "WsgiBridge", "protocol_for", "server_settings"]
 
 
 class ProxyHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, plus the raw target, a header budget and deadline."""
 
-    max_header_bytes = DEFAULT_MAX_HEADER_BYTES
-    header_timeout = DEFAULT_HEADER_TIMEOUT
+    max_header_bytes = config.DEFAULT_MAX_HEADER_BYTES
+    header_timeout = config.DEFAULT_HEADER_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -104,14 +100,26 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-class ProxyWorker(UvicornWorker):
-    """gunicorn's worker for the proxy: uvloop, our protocol, and no trust in
-    ``X-Forwarded-*`` from anyone (``PROXY_TRUSTED_PEERS`` is the only trust
-    decision, made in the dispatcher)."""
+def protocol_for(settings: dict[str, Any]) -> type[ProxyHttpProtocol]:
+    """The protocol class with the header budget and deadline of ``settings``."""
+    return type(
+        "ConfiguredProxyHttpProtocol",
+        (ProxyHttpProtocol,),
+        {
+            "max_header_bytes": int(settings["MAX_HEADER_BYTES"]),
+            "header_timeout": float(settings["HEADER_TIMEOUT"]),
+        },
+    )
 
-    CONFIG_KWARGS: dict[str, Any] = {
+
+def server_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn's settings for the proxy: uvloop, our protocol, no websockets,
+    and no trust in ``X-Forwarded-*`` from anyone (``PROXY_TRUSTED_PEERS`` is
+    the only trust decision, made in the dispatcher); the upstream's own
+    ``Date`` and ``Server`` pass through instead of uvicorn's."""
+    return {
         "loop": "uvloop",
-        "http": ProxyHttpProtocol,
+        "http": protocol_for(settings),
         "ws": "none",
         "lifespan": "off",
         "proxy_headers": False,
@@ -119,6 +127,14 @@ class ProxyWorker(UvicornWorker):
         "date_header": False,
         "access_log": False,
     }
+
+
+class ProxyWorker(UvicornWorker):
+    """gunicorn's worker for the proxy (``worker_class`` in its gunicorn config)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.CONFIG_KWARGS = server_settings(config.load())
+        super().__init__(*args, **kwargs)
 
 
 class WsgiBridge:

@@ -101,6 +101,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done: asyncio.Future[None] = self.loop.create_future()
         self.message_complete = False
+        self.keep_alive = False
         self.got_bytes = False
         self.failure: UpstreamFailed | None = None
         self.body: collections.deque[bytes] = collections.deque()
@@ -143,6 +144,8 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # asked now: once the message is complete the parser has forgotten
+        self.keep_alive = self.parser.should_keep_alive()
         if not self.headers_done.done():
             self.headers_done.set_result(None)
 
@@ -241,7 +244,7 @@ class _Connection(asyncio.Protocol):
 
     def finish(self, *, reusable: bool) -> None:
         self._cancel_timer()
-        if reusable and not self.closed and self.parser.should_keep_alive():
+        if reusable and not self.closed and self.keep_alive:
             self._reset_exchange()
             self.pool.give_back(self)
         else:

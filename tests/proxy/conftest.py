@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from strangler_proxy.bootstrap import Proxy, bootstrap
-from strangler_proxy.server import ProxyWorker
+from strangler_proxy.server import server_settings
 from tests.support.databases import migrate
 from tests.support.processes import BIN, Server, free_port, gunicorn, poll
 
@@ -91,7 +91,7 @@ class InProcess:
             host="127.0.0.1",
             port=self.port,
             log_config=None,
-            **ProxyWorker.CONFIG_KWARGS,
+            **server_settings(proxy.settings),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="in-process-proxy")
@@ -128,6 +128,11 @@ def make_proxy(proxy_database: str, upstreams: Upstreams) -> Iterator[Callable[.
 @pytest.fixture
 def proxy(make_proxy: Callable[..., Proxy]) -> Proxy:
     return make_proxy()
+
+
+def port_of(proxy: Proxy) -> int:
+    """The port an in-process proxy listens on (for raw sockets)."""
+    return _SERVED[id(proxy)].port
 
 
 def client_for(proxy: Proxy, token: str | None = None) -> httpx.Client:

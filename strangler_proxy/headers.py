@@ -143,8 +143,9 @@ def upstream_headers(
     scheme: str,
     request_id: str,
 ) -> Headers:
-    """The request's headers as an upstream gets them: hop-by-hop, internal and
-    (from an untrusted peer) ``X-Forwarded-*`` ones dropped, forwarding ones set."""
+    """The request's headers as an upstream gets them: hop-by-hop, internal,
+    underscored and (from an untrusted peer) ``X-Forwarded-*`` ones dropped,
+    forwarding ones set."""
     connection_named = facts.connection_named
     result: Headers = []
     prior_for = b""
@@ -155,6 +156,9 @@ def upstream_headers(
             or name in _NOT_FORWARDED
             or name in connection_named
             or name.startswith(INTERNAL_PREFIX)
+            # as nginx does: a WSGI upstream reads "SCRIPT_NAME" or "X_Forwarded_For"
+            # as if the proxy had set it
+            or b"_" in name
         ):
             continue
         if name.startswith(b"x-forwarded-"):

@@ -153,8 +153,11 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > BUFFER_HIGH_WATER and self.transport is not None:
+            # The client reads slower than the upstream writes: wait for it,
+            # and do not hold its slowness against the upstream (no timer).
             self.paused = True
             self.transport.pause_reading()
+            self._cancel_timer()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -233,6 +236,8 @@ class _Connection(asyncio.Protocol):
                     self.paused = False
                     if self.transport is not None and not self.closed:
                         self.transport.resume_reading()
+                        if not self.message_complete:
+                            self._arm_timer()
                 return chunk
             if self.message_complete:
                 return None

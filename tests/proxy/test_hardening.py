@@ -318,3 +318,19 @@ def test_the_api_description_is_public_and_the_state_is_not(served):
         assert client.get("/_strangler/openapi.json").status_code == 200
         assert client.get("/_strangler/routes").status_code == 401
         assert client.get("/_strangler/routes/billing/mismatches").status_code == 401
+
+
+def test_a_slow_reader_is_waited_for_and_not_held_against_the_upstream(make_proxy):
+    proxy = make_proxy(READ_TIMEOUT=0.5)
+    size = 30_000_000
+    with socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=10) as connection:
+        connection.sendall(
+            b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % size
+        )
+        time.sleep(1.5)  # the fault planted: a client slower than READ_TIMEOUT
+        received = 0
+        while chunk := connection.recv(1 << 20):
+            received += len(chunk)
+
+    assert received > size  # the whole body (and its chunk framing) arrived
+    assert proxy.upstreams["monolith"].breaker._failures == 0

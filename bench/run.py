@@ -393,8 +393,8 @@ def main() -> int:
             (
                 "latency added at 1 connection, /health, p50 / p99",
                 "—",
-                f"+{added['nginx'][0]:.2f} / +{added['nginx'][1]:.2f} ms",
-                f"+{proxy_added[0]:.2f} / +{proxy_added[1]:.2f} ms",
+                f"{added['nginx'][0]:+.2f} / {added['nginx'][1]:+.2f} ms",
+                f"{proxy_added[0]:+.2f} / {proxy_added[1]:+.2f} ms",
                 "≤ +0.5 / ≤ +1.0 ms",
                 met(proxy_added[0] <= BARS["added_p50"] and proxy_added[1] <= BARS["added_p99"]),
             ),

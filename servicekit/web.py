@@ -36,6 +36,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "ServiceApi",
     "ServiceBlueprint",
+    "error_envelope",
     "error_response",
     "idempotent_response",
     "init_service",
@@ -81,6 +82,25 @@ class ErrorSchema(ma.Schema):
     request_id = ma.fields.String()
 
 
+def error_envelope(
+    status: int,
+    message: str,
+    request_id: str,
+    code: str | None = None,
+    fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one error envelope as plain data, for callers without a Flask response."""
+    body: dict[str, Any] = {
+        "status": status,
+        "code": code or _CODE_BY_STATUS.get(status, "error"),
+        "message": message,
+        "request_id": request_id,
+    }
+    if fields:
+        body["fields"] = fields
+    return body
+
+
 def error_response(
     status: int,
     message: str,
@@ -90,15 +110,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Build the one error envelope. Every error answered goes through here."""
-    body: dict[str, Any] = {
-        "status": status,
-        "code": code or _CODE_BY_STATUS.get(status, "error"),
-        "message": message,
-        "request_id": current_request_id(),
-    }
-    if fields:
-        body["fields"] = fields
-    response = jsonify(body)
+    response = jsonify(error_envelope(status, message, current_request_id(), code, fields))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import marshmallow as ma
 from flask import Flask, Response, g, request
@@ -15,14 +15,14 @@ from flask_smorest import Blueprint, abort
 
 from servicekit.db import utcnow
 from servicekit.web import ServiceApi, init_service, openapi_settings
-from strangler_proxy.config import ADMIN_TEAM, hash_token
+from strangler_proxy.config import hash_token
 from strangler_proxy.datagate import reasons_to_stay
-from strangler_proxy.domain import MODES, Route
+from strangler_proxy.domain import ADMIN_TEAM, MODES, Route, may_change
 from strangler_proxy.metrics import CONTENT_TYPE_LATEST
 from strangler_proxy.repository import as_dict
 
 if TYPE_CHECKING:
-    from strangler_proxy.app import Proxy
+    from strangler_proxy.bootstrap import Proxy
 
 __all__ = ["create_admin_app"]
 
@@ -245,7 +245,7 @@ def _blueprint(proxy: Proxy) -> Blueprint:
         _move_routes(proxy, move)
         status = proxy.data.status(move)
         if status is None:
-            abort(503, message=f"the data mover cannot be reached to report on {move!r}")
+            _refuse(503, f"the data mover cannot be reached to report on {move!r}")
         return status
 
     @blp.route("/data/<move>/start")
@@ -312,11 +312,6 @@ def _data_fields(
     return {"data_state": summary, "gate": gate}
 
 
-def may_change(team: str, route: Any) -> bool:
-    """A team changes only the routes it owns; the admin team changes all."""
-    return team in (route.owner, ADMIN_TEAM)
-
-
 def team_for(tokens: dict[str, str], token: str) -> str | None:
     digest = hash_token(token)
     for known, team in tokens.items():
@@ -328,5 +323,10 @@ def team_for(tokens: dict[str, str], token: str) -> str | None:
 def _route(proxy: Proxy, name: str) -> Route:
     route = proxy.table.by_name.get(name)
     if route is None:
-        abort(404, message=f"no route named {name!r}")
+        _refuse(404, f"no route named {name!r}")
     return route
+
+
+def _refuse(status: int, message: str) -> NoReturn:
+    abort(status, message=message)
+    raise AssertionError("unreachable: abort raises")  # flask-smorest's abort is not typed so

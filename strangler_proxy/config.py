@@ -33,9 +33,16 @@ DEFAULT_DEMOTE_MIN_REQUESTS = 20
 DEFAULT_DEMOTE_WINDOW = 30.0
 DEFAULT_CANARY_HEADER = "X-User-ID"
 DEFAULT_CANARY_COOKIE = "user_id"
-DEFAULT_SHADOW_THREADS = 4
 DEFAULT_SHADOW_IN_FLIGHT = 32
-ADMIN_TEAM = "admin"
+#: The share of a shadowed route's safe requests that get a shadow copy.
+DEFAULT_SHADOW_SAMPLE = 1.0
+#: A request body must arrive within this many seconds (else 408).
+DEFAULT_BODY_TIMEOUT = 10.0
+#: nginx's default header buffers hold 4 x 8 KiB; past that it refuses too (431).
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+#: The header block must arrive within this many seconds (else 408 and close);
+#: nginx's client_header_timeout is 60 s, a proxy on a LAN can ask for less.
+DEFAULT_HEADER_TIMEOUT = 10.0
 
 
 def defaults() -> dict[str, Any]:
@@ -70,8 +77,11 @@ def defaults() -> dict[str, Any]:
         "CANARY_COOKIE": DEFAULT_CANARY_COOKIE,
         # Peers whose X-Forwarded-* headers are believed (e.g. the load balancer).
         "TRUSTED_PEERS": "",
-        "SHADOW_THREADS": DEFAULT_SHADOW_THREADS,
         "SHADOW_IN_FLIGHT": DEFAULT_SHADOW_IN_FLIGHT,
+        "SHADOW_SAMPLE": DEFAULT_SHADOW_SAMPLE,
+        "BODY_TIMEOUT": DEFAULT_BODY_TIMEOUT,
+        "MAX_HEADER_BYTES": DEFAULT_MAX_HEADER_BYTES,
+        "HEADER_TIMEOUT": DEFAULT_HEADER_TIMEOUT,
         "ACCESS_LOG": True,
     }
 

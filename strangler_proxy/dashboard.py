@@ -40,13 +40,13 @@ from flask import (
 from servicekit.db import utcnow
 from servicekit.errors import Conflict, NotFound, RuleViolated
 from strangler_proxy import panels
-from strangler_proxy.admin import PREFIX, ChangeSchema, may_change, team_for
+from strangler_proxy.admin import PREFIX, ChangeSchema, team_for
 from strangler_proxy.config import hash_token
-from strangler_proxy.domain import MODES
+from strangler_proxy.domain import MODES, may_change
 from strangler_proxy.traffic import LATENCY_BOUNDS_MS
 
 if TYPE_CHECKING:
-    from strangler_proxy.app import Proxy
+    from strangler_proxy.bootstrap import Proxy
 
 __all__ = ["init_dashboard"]
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+from servicekit.errors import RuleViolated
+
 __all__ = [
     "MODES",
     "SAFE_METHODS",
@@ -31,7 +33,9 @@ __all__ = [
     "bucket",
     "compare",
     "demotion_reason",
+    "may_change",
     "normalise_path",
+    "validate_change",
 ]
 
 MODES = ("monolith", "shadow", "canary", "service")
@@ -40,6 +44,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SHADOWED_METHODS = frozenset({"GET", "HEAD"})
 MONOLITH = "monolith"
 DEFAULT_IGNORE = ("id", "*_id", "*_at", "request_id")
+#: The team that may change every route.
+ADMIN_TEAM = "admin"
 
 
 class BadPath(ValueError):
@@ -79,6 +85,24 @@ class Route:
         if self.mode == "canary" and bucket(self.name, key) < self.percent:
             return self.service
         return MONOLITH
+
+
+def validate_change(mode: str, percent: int | None) -> int:
+    """The percent a change will store; refuses a bad mode or percent."""
+    if mode not in MODES:
+        raise RuleViolated(f"mode must be one of {', '.join(MODES)}", mode=[mode])
+    if mode == "canary":
+        if percent is None or not 0 <= percent <= 100:
+            raise RuleViolated("a canary needs a percent from 0 to 100", percent=[percent])
+        return percent
+    if percent not in (None, 0, 100):
+        raise RuleViolated(f"a percent is only given for a canary, not {mode}")
+    return 100 if mode == "service" else 0
+
+
+def may_change(team: str, route: Route) -> bool:
+    """A team moves only the routes it owns; the admin team moves all."""
+    return team in (route.owner, ADMIN_TEAM)
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -186,6 +210,8 @@ def compare(
 ) -> Comparison:
     """Compare two responses: the status, then the JSON bodies without the
     volatile fields named by ``ignore`` (key-name globs, at any depth)."""
+    if primary_status == shadow_status and primary_body == shadow_body:
+        return Comparison(equal=True, diff=[])  # the same bytes: nothing to parse
     diff: list[str] = []
     if primary_status != shadow_status:
         diff.append(f"status: {primary_status} != {shadow_status}")

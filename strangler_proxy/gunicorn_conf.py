@@ -1,6 +1,6 @@
 """gunicorn settings of the proxy: servicekit's, plus what a proxy needs.
 
-``gunicorn --config python:strangler_proxy.gunicorn_conf strangler_proxy.wsgi:app``
+``gunicorn --config python:strangler_proxy.gunicorn_conf strangler_proxy.asgi:app``
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ _METRICS_DIR_PREFIX = "strangler-metrics-"
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
 
-# Threads block on upstreams, not on CPU: more of them than a plain app needs.
-worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "16"))
+# One event loop per worker (uvloop, httptools): a request costs no thread
+# hand-off, and a slow client holds a socket, not a worker. See server.py.
+worker_class = "strangler_proxy.server.ProxyWorker"
+# The proxy decides whom to trust itself (PROXY_TRUSTED_PEERS); gunicorn's
+# default would let any local client set X-Forwarded-Proto or SCRIPT_NAME.
+forwarded_allow_ips = ""
 # The proxy writes its own access log line (with route, mode and upstream).
 accesslog = None  # type: ignore[assignment]
 
 
 _logging: dict[str, Any] = copy.deepcopy(shared_logconfig)
-_logging["filters"]["request_id"]["()"] = "strangler_proxy.logs.RequestIdFilter"
 # gunicorn logs access whenever a logconfig_dict is given; ours is richer, so mute its own.
 _logging["loggers"]["gunicorn.access"]["level"] = "WARNING"
 logconfig_dict = _logging

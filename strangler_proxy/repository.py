@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from servicekit.db import reader, utcnow
 from servicekit.errors import Conflict, NotFound, RuleViolated
 from strangler_proxy import orm
-from strangler_proxy.domain import DEFAULT_IGNORE, MODES, Route, RouteTable
+from strangler_proxy.domain import DEFAULT_IGNORE, Route, RouteTable, validate_change
 
 __all__ = ["RouteStore", "StaleRevision", "load_route_file", "validate_change"]
 
@@ -25,19 +25,6 @@ SEED_ACTOR = "seed"
 
 class StaleRevision(Conflict):
     code = "stale_revision"
-
-
-def validate_change(mode: str, percent: int | None) -> int:
-    """The percent a change will store; refuses a bad mode or percent."""
-    if mode not in MODES:
-        raise RuleViolated(f"mode must be one of {', '.join(MODES)}", mode=[mode])
-    if mode == "canary":
-        if percent is None or not 0 <= percent <= 100:
-            raise RuleViolated("a canary needs a percent from 0 to 100", percent=[percent])
-        return percent
-    if percent not in (None, 0, 100):
-        raise RuleViolated(f"a percent is only given for a canary, not {mode}")
-    return 100 if mode == "service" else 0
 
 
 def load_route_file(path: str | Path) -> list[Route]:

@@ -1,21 +1,25 @@
 """Fixtures of the proxy's tests: ``upstreams`` (a fake monolith and billing
-service as real processes), ``proxy`` (the app in-process on a fresh route
-table), ``proxy_client`` (httpx through it) and ``serve_proxy`` (the proxy
-under gunicorn, as ``make run`` serves it)."""
+service as real processes), ``proxy`` (the wired proxy in-process on a fresh
+route table, served by uvicorn on a thread of the test), ``proxy_client``
+(httpx through it) and ``serve_proxy`` (the proxy under gunicorn, as
+``make run`` serves it)."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
-from strangler_proxy.app import Proxy, create_app
+from strangler_proxy.bootstrap import Proxy, bootstrap
+from strangler_proxy.server import server_settings
 from tests.support.databases import migrate
-from tests.support.processes import BIN, Server, free_port, gunicorn
+from tests.support.processes import BIN, Server, free_port, gunicorn, poll
 
 HERE = Path(__file__).parent
 ROUTES_FILE = str(HERE / "routes.toml")
@@ -75,19 +79,49 @@ def proxy_database(tmp_path: Path) -> str:
     return url
 
 
+class InProcess:
+    """The proxy's app served on a thread of the test, as its gunicorn worker
+    serves it (the same protocol and settings), on a free port."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            proxy.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            **server_settings(proxy.settings),
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="in-process-proxy")
+        self.thread.start()
+        poll(lambda: self.server.started, message="the in-process proxy did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+#: Where each in-process proxy listens (``client_for`` looks it up).
+_SERVED: dict[int, InProcess] = {}
+
+
 @pytest.fixture
 def make_proxy(proxy_database: str, upstreams: Upstreams) -> Iterator[Callable[..., Proxy]]:
     built: list[Proxy] = []
 
     def make(**extra: Any) -> Proxy:
-        proxy = create_app(
+        proxy = bootstrap(
             settings_for(proxy_database, upstreams.monolith.url, upstreams.billing.url, **extra)
         )
         built.append(proxy)
+        _SERVED[id(proxy)] = InProcess(proxy)
         return proxy
 
     yield make
     for proxy in built:
+        _SERVED.pop(id(proxy)).stop()
         proxy.close()
 
 
@@ -96,11 +130,17 @@ def proxy(make_proxy: Callable[..., Proxy]) -> Proxy:
     return make_proxy()
 
 
+def port_of(proxy: Proxy) -> int:
+    """The port an in-process proxy listens on (for raw sockets)."""
+    return _SERVED[id(proxy)].port
+
+
 def client_for(proxy: Proxy, token: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(
-        transport=httpx.WSGITransport(app=proxy), base_url="http://proxy.test", headers=headers
-    )
+    """httpx to the in-process proxy, sending ``Host: proxy.test``."""
+    headers = {"Host": "proxy.test"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=_SERVED[id(proxy)].url, headers=headers, timeout=10)
 
 
 @pytest.fixture
@@ -150,7 +190,7 @@ def serve_proxy(
         f"127.0.0.1:{port}",
         "--workers",
         str(workers),
-        "strangler_proxy.wsgi:app",
+        "strangler_proxy.asgi:app",
     ]
     server = Server("proxy", argv, {**env, "PROXY_ACCESS_LOG": "1"}, log_dir, port)
     server.wait_until_healthy("/_strangler/health")

@@ -50,3 +50,26 @@ def flaky_upstream(reply: bytes) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def counting_upstream(reply: bytes) -> Iterator[tuple[str, list[bytes]]]:
+    """Answers every connection with ``reply`` and keeps what each one sent,
+    so that a test can say whether an upstream heard of a request at all."""
+    heard: list[bytes] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data = self.request.recv(65536)
+            heard.append(data)
+            self.request.sendall(reply)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", heard
+    finally:
+        server.shutdown()
+        server.server_close()

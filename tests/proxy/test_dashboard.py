@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from strangler_proxy import panels
-from strangler_proxy.app import Proxy
+from strangler_proxy.bootstrap import Proxy
 from strangler_proxy.traffic import LATENCY_BOUNDS_MS, Traffic
 from tests.proxy.conftest import TOKENS, client_for, set_mode
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from strangler_proxy.app import Proxy
+from strangler_proxy.bootstrap import Proxy
 from strangler_proxy.datagate import DataPolicy, reasons_to_stay
 from strangler_proxy.domain import Route
 from tests.proxy.conftest import HERE, TOKENS, client_for, set_mode

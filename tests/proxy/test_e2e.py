@@ -216,8 +216,16 @@ def test_a_chunked_body_over_the_limit_gets_413(shared_proxy):
 def test_metrics_and_access_logs_name_route_mode_and_upstream(shared_proxy):
     fresh_get(shared_proxy.url + "/billing/x", headers={"X-Request-ID": "trace-me"})
 
-    metrics = fresh_get(shared_proxy.url + "/_strangler/metrics").text
-    assert 'strangler_requests_total{route="billing",status="200",upstream="monolith"}' in metrics
+    # records are written by each worker's background thread, within FLUSH_SECONDS
+    metrics = poll(
+        lambda: (
+            text
+            if 'strangler_requests_total{route="billing",status="200",upstream="monolith"}'
+            in (text := fresh_get(shared_proxy.url + "/_strangler/metrics").text)
+            else None
+        ),
+        message="the request is not in the metrics",
+    )
     assert "strangler_route_revision" in metrics
     poll(lambda: "rid=trace-me" in shared_proxy.log())
     line = next(line for line in shared_proxy.log().splitlines() if "rid=trace-me" in line)

@@ -324,3 +324,14 @@ def test_a_slow_or_down_shadow_changes_neither_status_nor_latency(make_proxy, re
 
     assert [served_by(r) for r in responses] == ["monolith"] * 5
     assert elapsed < 1.0
+
+
+def test_shadow_copies_are_sampled_and_bounded(make_proxy):
+    with client_for(make_proxy(SHADOW_SAMPLE=0.0)) as unsampled:
+        set_mode(unsampled, "differs", "shadow")
+        assert unsampled.get("/differs/really").json()["total"] == 10
+        assert unsampled.get("/differs/really").json()["total"] == 10
+        metrics = unsampled.get("/_strangler/metrics").text
+
+    assert 'strangler_shadow_total{outcome="skipped",route="differs"} 2.0' in metrics
+    assert 'outcome="mismatch"' not in metrics

@@ -1,0 +1,457 @@
+"""The data plane: an ASGI app that checks a request, picks its route and
+upstream, and streams the answer back.
+
+A request's walk: ``server.py`` parses it (httptools, on uvloop) → here it
+is checked (``headers.py``), its body read whole (at most ``MAX_BODY_BYTES``),
+its route matched (``domain.py``) → ``upstream.py`` sends it on a pooled
+connection → here the answer is streamed back, and a record is handed to the
+recorder. ``/_strangler/...`` goes to the admin app instead.
+
+Nothing the client does wrong reaches an upstream or counts against one: the
+request is refused (400/405/413/431/501) or, when the client goes away, logged
+as 499 — before any upstream is contacted, because the body is read first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from servicekit.requestids import bound_request_id
+from servicekit.web import error_envelope
+from strangler_proxy import headers as rules
+from strangler_proxy.domain import (
+    MONOLITH,
+    SAFE_METHODS,
+    SHADOWED_METHODS,
+    BadPath,
+    Route,
+    RouteTable,
+    normalise_path,
+)
+from strangler_proxy.recording import CLIENT_CLOSED, Record, Recorder
+from strangler_proxy.shadowing import SHADOW_BODY_LIMIT, Shadower
+from strangler_proxy.upstream import Upstream, UpstreamFailed, UpstreamResponse
+
+__all__ = ["ADMIN_PREFIX", "Dispatcher", "TableHolder"]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ADMIN_PREFIX = "/_strangler"
+#: Set by ``server.ProxyHttpProtocol``: the request target exactly as sent.
+RAW_TARGET = "strangler.raw_target"
+#: Set by ``server.ProxyHttpProtocol``: the client connection's transport.
+TRANSPORT = "strangler.transport"
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class TableHolder:
+    """The route table the data plane reads; the background thread swaps it."""
+
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
+
+
+class _ClientGone(Exception):
+    """The client went away before its request was complete."""
+
+
+class Dispatcher:
+    """The proxy's ASGI app."""
+
+    def __init__(
+        self,
+        *,
+        routes: TableHolder,
+        upstreams: dict[str, Upstream],
+        admin: ASGIApp,
+        recorder: Recorder,
+        shadower: Shadower,
+        max_body: int,
+        body_timeout: float,
+        canary_header: str,
+        canary_cookie: str,
+        trusted_peers: frozenset[str],
+    ) -> None:
+        self.routes = routes
+        self.upstreams = upstreams
+        self.admin = admin
+        self.record = recorder.add
+        self.shadower = shadower
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.canary_header = canary_header.lower().encode("latin-1")
+        self.canary_cookie = canary_cookie.encode("latin-1") + b"="
+        self.trusted_peers = trusted_peers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets: the server refuses the upgrade
+        started = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        method: str = scope["method"]
+        try:
+            facts = rules.check_request(method, scope["http_version"], headers)
+        except rules.BadRequest as refusal:
+            request_id = uuid.uuid4().hex
+            await _error(send, refusal.status, refusal.message, request_id, close=True)
+            self.record(_refused(method, scope, refusal.status, started, request_id))
+            return
+        request_id = rules.request_id_from(facts.request_id) or uuid.uuid4().hex
+        with bound_request_id(request_id):
+            await self._handle(scope, receive, send, method, headers, facts, request_id, started)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        facts: rules.RequestFacts,
+        request_id: str,
+        started: float,
+    ) -> None:
+        try:
+            path, query = _target(scope)
+        except BadPath as exc:
+            await _error(send, 400, f"bad request target: {exc}", request_id)
+            self.record(_refused(method, scope, 400, started, request_id))
+            return
+        if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+            # the admin app routes on the normalised path too
+            scope["path"] = _decoded(path)
+            scope["strangler.request_id"] = request_id
+            await self.admin(scope, receive, send)
+            return
+        if facts.content_length is not None and facts.content_length > self.max_body:
+            # before reading a byte: no "100 Continue" for a body we refuse
+            await _error(
+                send, 413, f"the body exceeds {self.max_body} bytes", request_id, close=True
+            )
+            self.record(
+                Record(None, "-", "-", method, path, 413, _since(started), request_id, None)
+            )
+            return
+
+        route = self.routes.table.match(method, path)
+        mode = route.mode if route is not None else "-"
+        if facts.content_length or facts.chunked:
+            try:
+                body = await self._read_body(receive)
+            except _BodyRefused as refusal:
+                await _error(send, refusal.status, refusal.message, request_id, close=True)
+                self.record(
+                    Record(
+                        _name(route),
+                        mode,
+                        "-",
+                        method,
+                        path,
+                        refusal.status,
+                        _since(started),
+                        request_id,
+                        None,
+                    )
+                )
+                return
+            except _ClientGone:
+                self.record(
+                    Record(
+                        _name(route),
+                        mode,
+                        "-",
+                        method,
+                        path,
+                        CLIENT_CLOSED,
+                        _since(started),
+                        request_id,
+                        None,
+                        "client-gone",
+                    )
+                )
+                return
+        else:
+            body = b""
+
+        peer = scope["client"][0] if scope.get("client") else ""
+        primary = MONOLITH
+        if route is not None and route.mode in ("canary", "service"):
+            key = rules.canary_key(facts, headers, self.canary_header, self.canary_cookie)
+            primary = route.upstream_for(
+                key.decode("latin-1") if key else self._client_address(peer, headers)
+            )
+        forwarded = rules.upstream_headers(
+            headers,
+            facts,
+            peer=peer,
+            trusted=peer in self.trusted_peers,
+            scheme=scope.get("scheme", "http"),
+            request_id=request_id,
+        )
+        target = path.encode("latin-1") + (b"?" + query if query else b"")
+        retry = method in IDEMPOTENT_METHODS and not body
+
+        used = primary
+        service_failed: bool | None = None
+        try:
+            try:
+                response = await self.upstreams[primary].send(
+                    method, target, forwarded, body, retry=retry
+                )
+            except UpstreamFailed as failure:
+                if route is None or primary == MONOLITH:
+                    raise
+                service_failed = True
+                if not (route.fallback and method in SAFE_METHODS):
+                    raise
+                logger.warning("falling back to the monolith for %s: %s", route.name, failure)
+                used = MONOLITH
+                response = await self.upstreams[MONOLITH].send(
+                    method, target, forwarded, b"", retry=True
+                )
+            else:
+                if route is not None and primary != MONOLITH:
+                    service_failed = response.status >= 500
+        except UpstreamFailed as failure:
+            extra = (
+                [(b"retry-after", str(failure.retry_after).encode())] if failure.retry_after else []
+            )
+            await _error(send, failure.status, failure.message, request_id, extra)
+            self.record(
+                Record(
+                    _name(route),
+                    mode,
+                    used,
+                    method,
+                    path,
+                    failure.status,
+                    _since(started),
+                    request_id,
+                    service_failed,
+                )
+            )
+            return
+
+        shadow = (
+            route is not None
+            and route.mode == "shadow"
+            and method in SHADOWED_METHODS
+            and route.service in self.upstreams
+        )
+        if shadow and not self.shadower.wanted():
+            assert route is not None
+            self.shadower.skipped(route)
+            shadow = False
+        note, captured = await self._stream(
+            send, scope.get(TRANSPORT), response, request_id, used, capture=shadow
+        )
+        status = response.status
+        if note == "client-gone":
+            status = CLIENT_CLOSED  # nobody heard it; the upstream's answer was fine
+        elif note == "upstream-cut" and route is not None and used != MONOLITH:
+            service_failed = True
+        self.record(
+            Record(
+                _name(route),
+                mode,
+                used,
+                method,
+                path,
+                status,
+                _since(started),
+                request_id,
+                service_failed,
+                note,
+            )
+        )
+        if shadow:
+            assert route is not None
+            if captured is None:
+                self.shadower.skipped(route)
+            else:
+                self.shadower.send(
+                    self.upstreams[route.service],
+                    route,
+                    method,
+                    target,
+                    forwarded,
+                    request_id,
+                    (status, captured),
+                )
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole request body, or why not. A client that stalls longer than
+        ``body_timeout`` gets 408; one that leaves is the client's business."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:
+                        raise _BodyRefused(413, f"the body exceeds {self.max_body} bytes")
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(parts)
+        except TimeoutError:
+            raise _BodyRefused(408, "the request body did not arrive in time") from None
+
+    async def _stream(
+        self,
+        send: Send,
+        transport: Any,
+        response: UpstreamResponse,
+        request_id: str,
+        upstream: str,
+        *,
+        capture: bool,
+    ) -> tuple[str, bytes | None]:
+        """Stream the answer; returns what cut it short ("" if nothing did)
+        and, when ``capture``, the body (None when too big or incomplete)."""
+        captured: list[bytes] | None = [] if capture else None
+        size = 0
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": rules.response_headers(response.headers, request_id),
+                }
+            )
+            async for chunk in response.chunks():
+                if transport is not None and transport.is_closing():
+                    return "client-gone", None
+                if captured is not None:
+                    size += len(chunk)
+                    if size <= SHADOW_BODY_LIMIT:
+                        captured.append(chunk)
+                    else:
+                        captured = None
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if transport is not None and transport.is_closing():
+                return "client-gone", None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except UpstreamFailed as exc:
+            # Bytes may already be with the client: all we can do is cut the
+            # connection so that it sees a truncated response, not a whole one.
+            logger.warning("upstream %s broke mid-body: %s", upstream, exc)
+            self.upstreams[upstream].cut()
+            if transport is not None:
+                transport.close()
+                await asyncio.sleep(0)  # let the server see the connection go
+            return "upstream-cut", None
+        finally:
+            response.close()
+        return "", (b"".join(captured) if captured is not None else None)
+
+    def _client_address(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
+        if peer in self.trusted_peers:
+            for name, value in headers:
+                if name == b"x-forwarded-for":
+                    return value.split(b",")[0].strip().decode("latin-1")
+        return peer
+
+
+class _BodyRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _target(scope: Scope) -> tuple[str, bytes]:
+    raw: bytes = scope.get(RAW_TARGET) or scope.get("raw_path", b"/") + (
+        b"?" + scope["query_string"] if scope.get("query_string") else b""
+    )
+    if not raw.startswith(b"/"):
+        # absolute-form (or '*'): what a client sends to a forward proxy,
+        # which this is not; it never leaves the machine.
+        raise BadPath("this is not a forward proxy: absolute-form targets are refused")
+    if b"#" in raw:
+        raise BadPath("a fragment is not part of a request target")
+    path, _, query = raw.partition(b"?")
+    try:
+        text = path.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise BadPath("the target is not ASCII") from exc
+    return normalise_path(text), query
+
+
+def _decoded(path: str) -> str:
+    return unquote(path, encoding="latin-1")
+
+
+def _name(route: Route | None) -> str | None:
+    return route.name if route is not None else None
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+def _refused(method: str, scope: Scope, status: int, started: float, request_id: str) -> Record:
+    raw = scope.get(RAW_TARGET) or scope.get("raw_path", b"")
+    return Record(
+        None,
+        "-",
+        "-",
+        method,
+        raw.decode("latin-1")[:200],
+        status,
+        _since(started),
+        request_id,
+        None,
+    )
+
+
+async def _error(
+    send: Send,
+    status: int,
+    message: str,
+    request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    """Answer with servicekit's one error envelope."""
+    body = json.dumps(error_envelope(status, message, request_id)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode("ascii")),
+        *(extra or ()),
+    ]
+    if close:
+        # a request we refused may have left a body (or garbage) on the wire
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Iterator
 
+from flask import g, has_request_context
 
 __all__ = [
     "MAX_REQUEST_ID_LENGTH",
@@ -70,10 +71,6 @@ def current_request_id() -> str:
     bound = _bound.get()
     if bound is not None:
         return bound
-    # Flask is asked only here: the rule above is pure, and the proxy's header
-    # rules (which may import neither Flask nor SQLAlchemy) use it.
-    from flask import g, has_request_context
-
     if has_request_context():
         return str(getattr(g, "request_id", NO_REQUEST_ID))
     return NO_REQUEST_ID

@@ -188,9 +188,9 @@ def test_stop_removes_capture_and_a_restart_copies_what_changed_meanwhile(
     same_rows(pair)
 
 
+# An outage is simulated by terminating PostgreSQL's sessions: PostgreSQL only.
+@pytest.mark.parametrize("templates", ["postgres"], indirect=True, scope="session")
 def test_a_database_outage_is_waited_out_not_failed(pair: Pair, mover: Flask) -> None:
-    if pair.backend != "postgres":
-        pytest.skip("an outage is simulated by terminating PostgreSQL sessions")
     runner = runners_of(mover)["billing"]
     with Writer(pair.source, limit=1_500, seconds=20) as writer:
         runner.start()

@@ -397,7 +397,7 @@ def test_the_live_panel_shows_requests_through_the_proxy(dashboard, proxy):
         set_mode(client, "echo", "canary", 50)
         for n in range(40):
             assert client.get("/echo/x", headers={"X-User-ID": f"u{n}"}).status_code == 200
-    proxy.flush()
+    proxy.control.flush()
 
     panel = dashboard.client.get("/_strangler/dashboard/traffic")
 

@@ -33,9 +33,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from datamover.schema import TableSpec
 
-__all__ = ["CHANGES_TABLE", "Dialect", "Key", "dialect_for"]
+__all__ = ["APPLYING_TABLE", "CHANGES_TABLE", "Dialect", "Key", "dialect_for"]
 
 CHANGES_TABLE = "strangler_changes"
+#: SQLite's loop prevention: the mover's applying transaction holds one row
+#: here (inserted first, deleted before commit) and every capture trigger is
+#: ``WHEN NOT EXISTS`` a row. SQLite has one writer at a time, so only the
+#: mover's own transaction ever sees its uncommitted marker.
+APPLYING_TABLE = "strangler_applying"
 #: How long a SQLite connection waits for a lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -94,6 +99,14 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def key_text(self, key: Key) -> str:
         """A key as the capture triggers write it."""
+
+    @abc.abstractmethod
+    def begin_applying(self, target: Connection) -> None:
+        """First statement of a transaction that writes copied rows: not to be captured."""
+
+    @abc.abstractmethod
+    def end_applying(self, target: Connection) -> None:
+        """Last statement of such a transaction, before its commit."""
 
     # --- copy and apply --------------------------------------------------------
 
@@ -262,6 +275,11 @@ class SQLiteDialect(Dialect):
         source.exec_driver_sql(
             f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
         )
+        source.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {APPLYING_TABLE} (id INTEGER PRIMARY KEY)"
+        )
+        # Not written by the mover itself: the applied change would come back.
+        unless_applying = f"WHEN NOT EXISTS (SELECT 1 FROM {APPLYING_TABLE})"
         for spec in specs:
             table = spec.name
 
@@ -274,20 +292,22 @@ class SQLiteDialect(Dialect):
                     f"VALUES ('{table}', {key_sql}, {_EPOCH_NOW_SQLITE});"
                 )
 
+            on = f"ON {_q(table)} FOR EACH ROW {unless_applying}"
             triggers = {
-                "insert": f"AFTER INSERT ON {_q(table)} BEGIN {log(key('NEW'))} END",
-                "delete": f"AFTER DELETE ON {_q(table)} BEGIN {log(key('OLD'))} END",
+                "insert": f"AFTER INSERT {on} BEGIN {log(key('NEW'))} END",
+                "delete": f"AFTER DELETE {on} BEGIN {log(key('OLD'))} END",
                 # A key that changes is two changes: the old key left, the new one arrived.
                 "update": (
-                    f"AFTER UPDATE ON {_q(table)} BEGIN {log(key('OLD'))} "
+                    f"AFTER UPDATE {on} BEGIN {log(key('OLD'))} "
                     f"INSERT INTO {CHANGES_TABLE} (tbl, pk, at) SELECT '{table}', {key('NEW')}, "
                     f"{_EPOCH_NOW_SQLITE} WHERE {key('NEW')} <> {key('OLD')}; END"
                 ),
             }
             for operation, body in triggers.items():
-                source.exec_driver_sql(
-                    f"CREATE TRIGGER IF NOT EXISTS strangler_capture_{table}_{operation} {body}"
-                )
+                # Replaced, not kept: an older mover's trigger had no WHEN clause.
+                name = f"strangler_capture_{table}_{operation}"
+                source.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+                source.exec_driver_sql(f"CREATE TRIGGER {name} {body}")
 
     def remove_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
         for spec in specs:
@@ -296,9 +316,17 @@ class SQLiteDialect(Dialect):
                     f"DROP TRIGGER IF EXISTS strangler_capture_{spec.name}_{operation}"
                 )
         source.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES_TABLE}")
+        source.exec_driver_sql(f"DROP TABLE IF EXISTS {APPLYING_TABLE}")
 
     def key_text(self, key: Key) -> str:
         return json.dumps(list(key), separators=(",", ":"), ensure_ascii=False)
+
+    def begin_applying(self, target: Connection) -> None:
+        # A write, first: the deferred transaction takes the write lock now.
+        target.exec_driver_sql(f"INSERT INTO main.{APPLYING_TABLE} DEFAULT VALUES")
+
+    def end_applying(self, target: Connection) -> None:
+        target.exec_driver_sql(f"DELETE FROM main.{APPLYING_TABLE}")
 
     def copy_range(
         self,
@@ -426,6 +454,14 @@ class PostgresDialect(Dialect):
 
     def key_text(self, key: Key) -> str:
         return json.dumps(list(key), ensure_ascii=False)  # jsonb's text: ", " between items
+
+    # The applying session is a replica (session_replication_role): ordinary
+    # triggers, capture among them, do not fire for its writes. Nothing to mark.
+    def begin_applying(self, target: Connection) -> None:
+        pass
+
+    def end_applying(self, target: Connection) -> None:
+        pass
 
     def _load(
         self,

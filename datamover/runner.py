@@ -9,14 +9,22 @@ Ghostferry from binlog positions, here without either. A row that changes
 after its chunk was read has a change waiting in ``strangler_changes``, which
 the next turn of the loop applies.
 
-The loop, each turn: apply a batch of captured changes; copy one chunk of the
-backfill (while there is one), committing the checkpoint with it; sleep
-``nice`` times the chunk's duration. After the last chunk the move is
-``streaming`` and the first verification starts.
+The loop, each turn: apply a batch of captured changes of each stream; copy
+one chunk of the backfill (while there is one), committing the checkpoint with
+it; sleep ``nice`` times the chunk's duration. After the last chunk the move
+is ``streaming`` and the first verification starts.
+
+Two streams: capture runs in both databases, and each stream applies only the
+changes of records its origin owns (datamover.ownership). Before any
+ownership is handed over, the source owns everything and the reverse stream
+carries nothing; after the cut-over it is the other way round, and the
+source stays a complete copy. A third thread, the fence, hands ownership
+over when an operator asks for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,12 +35,14 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from datamover import state as phases
 from datamover.dialects import CHANGES_TABLE, Key, dialect_for
 from datamover.metrics import Metrics
 from datamover.moves import Move
+from datamover.ownership import Fence, Goal, OwnershipStore, SlotFinder
 from datamover.schema import SchemaMismatch, TableSpec, matching_tables
 from datamover.state import DONE, LeaseHeld, MoveState, StateStore
 from datamover.verify import VerificationCancelled, Verifier
@@ -47,6 +57,29 @@ class Refused(Conflict):
     """A command that cannot be carried out as asked (the message says why)."""
 
     code = "move_refused"
+
+
+@dataclasses.dataclass
+class Stream:
+    """One direction: changes captured in ``origin``'s database, applied to the other's."""
+
+    origin: str
+    destination: str
+    #: The origin's database, written only to forget applied changes.
+    changes: Engine
+    origin_reader: Engine
+    destination_reader: Engine
+    #: The destination, as a replica (SQLite: with the origin attached as ``src``).
+    apply: Engine
+    drained_at: float = 0.0
+    oldest_pending: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.origin}_to_{self.destination}"
+
+    def lag(self) -> float:
+        return 0.0 if self.oldest_pending is None else max(0.0, time.time() - self.oldest_pending)
 
 
 class Tuning:
@@ -76,6 +109,41 @@ class MoveRunner:
         # changes; everything else reads it in transactions that lock nothing.
         self.source_reader = self.dialect.reader_engine(source_url)
         self.readers = (self.source_reader, self.dialect.reader_engine(target_url))
+        # The reverse stream's engines: the target written like the source
+        # (its change table), the source written like the target (as a replica).
+        self.target_writer = self.dialect.source_engine(target_url)
+        self.back = self.dialect.target_engine(source_url, target_url)
+        source_side, target_side = move.source_side, move.target_side
+        self.streams = (
+            Stream(
+                source_side,
+                target_side,
+                self.source,
+                self.source_reader,
+                self.readers[1],
+                self.target,
+            ),
+            Stream(
+                target_side,
+                source_side,
+                self.target_writer,
+                self.readers[1],
+                self.source_reader,
+                self.back,
+            ),
+        )
+        self.ownership = OwnershipStore(
+            move,
+            self.dialect,
+            {source_side: self.source, target_side: self.target_writer},
+        )
+        self.slots = SlotFinder(move, self.dialect)
+        self.fence = Fence(
+            move, self.ownership, wait_for_streams=self.wait_for_capture, metrics=metrics
+        )
+        self._ownership_wanted = threading.Event()
+        self._fence_thread: threading.Thread | None = None
+        self._fence_error: str | None = None
         self.store = StateStore(self.target, move.name)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sides = (move.source_side, move.target_side)
@@ -86,9 +154,7 @@ class MoveRunner:
         self._verifying = threading.Lock()
         self._verify_requested = threading.Event()
         self._cancel_verification = threading.Event()
-        self._drained_at = 0.0
         self._drained = threading.Condition()
-        self._oldest_pending: float | None = None
         self._rate = 0.0
         self._waiting_for: str | None = None
         self._lease_renewed = 0.0
@@ -134,21 +200,32 @@ class MoveRunner:
                     logger.info(
                         "move %s: resuming %s from its checkpoint", self.move.name, state.phase
                     )
-                    self._launch(self._check_schema())
+                    specs = self._check_schema()
+                    # A move begun by an older mover captured in the source only.
+                    self._install_capture(specs)
+                    self._launch(specs)
 
     def stop(self) -> dict[str, Any]:
         """Stop capturing: the copy stops following the source (a restart re-copies)."""
         with self._lock:
             # Only the lease holder may take capture away from under a move.
             self.store.acquire(self.holder, self.tuning.lease)
+            actual = self.fence.actual()
+            if actual["service_buckets"] or actual["plans"] != self.move.source_side:
+                raise Refused(
+                    f"the {self.move.target_side} owns some of {self.move.name}'s records: "
+                    f"without capture its writes would stay there. Hand them back first "
+                    f"(service_buckets 0, plans {self.move.source_side})"
+                )
             self._halt()
             # A verification reading the tables would hold up the DROP TRIGGER.
             self._cancel_verification.set()
             with self._verifying:
                 self._cancel_verification.clear()
             specs = self._specs or self._check_schema()
-            with self.source.begin() as source:
-                self.dialect.remove_capture(source, specs)
+            for changes in (self.source, self.target_writer):
+                with changes.begin() as connection:
+                    self.dialect.remove_capture(connection, specs)
             self.store.update(phase=phases.STOPPED)
             self.store.release(self.holder)
             logger.info("move %s stopped; capture removed", self.move.name)
@@ -165,10 +242,22 @@ class MoveRunner:
         self._verify_requested.set()
         return requested
 
+    def set_ownership(self, service_buckets: int, plans: str) -> dict[str, Any]:
+        """Ask for an ownership; the fence converges both databases to it."""
+        state = self.store.load()
+        if state.phase != phases.STREAMING or not self.running:
+            raise Refused(
+                f"move {self.move.name} is {state.phase}: ownership moves only once the "
+                f"backfill is done and changes stream (`strangler data start {self.move.name}`)"
+            )
+        self.store.save_goal(service_buckets, plans)
+        self._ownership_wanted.set()
+        return self.status()
+
     def close(self) -> None:
         self._halt()
         self._cancel_verification.set()
-        for engine in (self.source, self.target, *self.readers):
+        for engine in (self.source, self.target, *self.readers, self.target_writer, self.back):
             engine.dispose()
 
     @property
@@ -181,14 +270,11 @@ class MoveRunner:
         state = self.store.load()
         verdict = state.verdict
         lag = None
-        if state.phase in phases.RUNNING_PHASES:
-            lag = (
-                0.0
-                if self._oldest_pending is None
-                else max(0.0, time.time() - self._oldest_pending)
-            )
-            if not self.running:
-                lag = None  # nobody is applying changes here: the lag is unknown
+        lags: dict[str, float | None] = {stream.name: None for stream in self.streams}
+        if state.phase in phases.RUNNING_PHASES and self.running:
+            # (not running: nobody is applying changes here, the lag is unknown)
+            lags = {stream.name: round(stream.lag(), 3) for stream in self.streams}
+            lag = lags[self.streams[0].name]
         remaining = max(0, state.rows_total - state.rows_copied)
         status = {
             "move": self.move.name,
@@ -206,6 +292,8 @@ class MoveRunner:
             if state.phase == phases.BACKFILL and self._rate > 0
             else None,
             "lag_seconds": None if lag is None else round(lag, 3),
+            "streams": {name: {"lag_seconds": value} for name, value in lags.items()},
+            "ownership": self._ownership_status(),
             "verifying": self._verifying.locked() or self._verify_requested.is_set(),
             "verdict": verdict,
             "holder": state.holder,
@@ -215,10 +303,32 @@ class MoveRunner:
         self._export(status)
         return status
 
+    def _ownership_status(self) -> dict[str, Any]:
+        goal = self.store.load_goal()
+        try:
+            actual = self.fence.actual()
+        except Exception as exc:  # a database being migrated: say so, don't fail the status
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return {
+            **actual,
+            "desired": None if goal is None else goal[0],
+            "desired_plans": None if goal is None else goal[1],
+            "converged": goal is None
+            or (
+                actual["service_buckets"] == goal[0]
+                and actual["plans"] == goal[1]
+                and not actual["moving"]
+            ),
+            "last_handover": self.fence.last_handover,
+            "error": self._fence_error,
+        }
+
     def _export(self, status: dict[str, Any]) -> None:
         name = self.move.name
         m = self.metrics
         m.lag.labels(name).set(status["lag_seconds"] or 0.0)
+        for stream, figures in status["streams"].items():
+            m.stream_lag.labels(name, stream).set(figures["lag_seconds"] or 0.0)
         m.rows_copied.labels(name).set(status["rows_copied"])
         m.rows_total.labels(name).set(status["rows_total"])
         verdict = status["verdict"]
@@ -244,12 +354,18 @@ class MoveRunner:
             target=self._run, name=f"move-{self.move.name}", daemon=True
         )
         self._thread.start()
+        self._fence_thread = threading.Thread(
+            target=self._converge, name=f"fence-{self.move.name}", daemon=True
+        )
+        self._fence_thread.start()
 
     def _halt(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._thread = None
+        self._ownership_wanted.set()
+        for thread in (self._thread, self._fence_thread):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._fence_thread = None
 
     def _run(self) -> None:
         try:
@@ -260,7 +376,7 @@ class MoveRunner:
             last_verified = time.time()
             while not self._stop.is_set():
                 self._renew_lease()
-                applied = self._apply_changes()
+                applied = sum(self._apply_changes(stream) for stream in self.streams)
                 state = self.store.load()
                 if state.phase == phases.BACKFILL:
                     started = time.monotonic()
@@ -325,22 +441,30 @@ class MoveRunner:
             )
 
     def _install_capture(self, specs: list[TableSpec]) -> None:
-        # Before the first chunk is read: no change can fall between copy and capture.
-        with self.source.begin() as source:
-            self.dialect.install_capture(source, specs)
+        # Before the first chunk is read: no change can fall between copy and
+        # capture. In both databases: the target's changes stream back once it
+        # owns records.
+        # One table per transaction: on PostgreSQL each trigger is replaced under
+        # an exclusive lock on its table, and a writer holding one table while
+        # its foreign key reads another would deadlock with a wider transaction.
+        for changes in (self.source, self.target_writer):
+            for spec in specs:
+                with changes.begin() as connection:
+                    self.dialect.install_capture(connection, [spec])
 
-    def _apply_changes(self) -> int:
+    def _apply_changes(self, stream: Stream) -> int:
+        """Apply a batch of ``stream``'s changes; the number of changes consumed."""
         limit = self.tuning.apply_batch
         read_at = time.time()
-        with self.source_reader.connect() as source:
-            rows = source.exec_driver_sql(
+        with stream.origin_reader.connect() as origin:
+            rows = origin.exec_driver_sql(
                 f"SELECT seq, tbl, pk, at FROM {CHANGES_TABLE} ORDER BY seq LIMIT {limit}"
             ).all()
         if not rows:
-            self._oldest_pending = None
-            self._mark_drained(read_at)
+            stream.oldest_pending = None
+            self._mark_drained(stream, read_at)
             return 0
-        self._oldest_pending = min(row.at for row in rows)
+        stream.oldest_pending = min(row.at for row in rows)
         latest: OrderedDict[tuple[str, str], int] = OrderedDict()
         for row in rows:  # a key changed twice is applied once, at its last place
             latest.pop((row.tbl, row.pk), None)
@@ -349,45 +473,104 @@ class MoveRunner:
         for table, key_text in latest:
             by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
         specs = {spec.name: spec for spec in self._specs}
+        by_table = self._owned_by_origin(stream, specs, by_table)
         try:
-            with self.target.begin() as target, self.source_reader.connect() as source:
+            with stream.apply.begin() as target, stream.origin_reader.connect() as source:
+                self.dialect.begin_applying(target)
                 for table, keys in by_table.items():
                     self.dialect.apply_keys(target, source, specs[table], keys)
+                self.dialect.end_applying(target)
         except IntegrityError:
             # Two changes that only work in their order (a row freeing a unique
             # value another one takes): apply them one by one, as they happened.
-            for table, key_text in latest:
-                with self.target.begin() as target, self.source_reader.connect() as source:
-                    self.dialect.apply_keys(
-                        target, source, specs[table], [tuple(json.loads(key_text))]
-                    )
+            for table, keys in by_table.items():
+                for key in keys:
+                    with stream.apply.begin() as target, stream.origin_reader.connect() as source:
+                        self.dialect.begin_applying(target)
+                        self.dialect.apply_keys(target, source, specs[table], [key])
+                        self.dialect.end_applying(target)
         applied_at = time.time()
-        with self.source.begin() as source:
+        with stream.changes.begin() as origin:
             seqs = ", ".join(str(row.seq) for row in rows)
-            source.exec_driver_sql(f"DELETE FROM {CHANGES_TABLE} WHERE seq IN ({seqs})")
+            origin.exec_driver_sql(f"DELETE FROM {CHANGES_TABLE} WHERE seq IN ({seqs})")
         histogram = self.metrics.apply_lag.labels(self.move.name)
         for row in rows:
             histogram.observe(max(0.0, applied_at - row.at))
         self.metrics.changes.labels(self.move.name).inc(len(rows))
         if len(rows) < limit:
-            self._mark_drained(read_at)
+            self._mark_drained(stream, read_at)
         return len(rows)
 
-    def _mark_drained(self, read_at: float) -> None:
+    def _owned_by_origin(
+        self, stream: Stream, specs: dict[str, TableSpec], by_table: dict[str, list[Key]]
+    ) -> dict[str, list[Key]]:
+        """The changed keys of records ``stream``'s origin owns.
+
+        The others were written there without owning them — by no app, which
+        refuses such writes, but possibly by a hand or an event handler — and
+        must not overwrite the owner's row. A record gone from the origin is
+        placed by the copy the destination still holds."""
+        with (
+            stream.origin_reader.connect() as origin,
+            stream.destination_reader.connect() as destination,
+        ):
+            owned = self.ownership.owned_slots(stream.origin, origin)
+            kept: dict[str, list[Key]] = {}
+            for table, keys in by_table.items():
+                slots = self.slots.slots(specs[table], keys, (origin, destination))
+                mine = [key for key in keys if key in slots and slots[key] in owned]
+                if len(mine) < len(keys):
+                    logger.debug(
+                        "move %s: %s of %s changes to %s not applied from the %s (not its records)",
+                        self.move.name,
+                        len(keys) - len(mine),
+                        len(keys),
+                        table,
+                        stream.origin,
+                    )
+                if mine:
+                    kept[table] = mine
+        return kept
+
+    def _mark_drained(self, stream: Stream, read_at: float) -> None:
         with self._drained:
-            self._drained_at = max(self._drained_at, read_at)
+            stream.drained_at = max(stream.drained_at, read_at)
             self._drained.notify_all()
 
     def wait_for_capture(self, moment: float, timeout: float = 30.0) -> bool:
-        """Block until every change committed before ``moment`` is in the target."""
+        """Block until every change committed before ``moment``, on either side,
+        has been applied to the other."""
         deadline = time.monotonic() + timeout
         with self._drained:
-            while self._drained_at <= moment:
+            while any(stream.drained_at <= moment for stream in self.streams):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.running:
                     return False
                 self._drained.wait(min(remaining, 0.5))
         return True
+
+    # --- ownership ---------------------------------------------------------------
+
+    def _converge(self) -> None:
+        """The fence's thread: one handover at a time towards the asked ownership."""
+        while not self._stop.is_set():
+            self._ownership_wanted.wait(timeout=max(1.0, self.tuning.poll))
+            self._ownership_wanted.clear()
+            if self._stop.is_set():
+                return
+            goal = self.store.load_goal()
+            if goal is None or self.store.load().phase != phases.STREAMING:
+                continue
+            try:
+                while not self._stop.is_set() and self.fence.converge(Goal(*goal)):
+                    self._fence_error = None
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                logger.exception("move %s: handing ownership over failed", self.move.name)
+                self._fence_error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(1.0)
+                self._ownership_wanted.set()  # try again: slots may be left moving
 
     # --- backfill ----------------------------------------------------------------
 
@@ -408,7 +591,7 @@ class MoveRunner:
             # The target still holds a row whose change is waiting (a subscription
             # cancelled since it was copied, and its successor in this chunk):
             # apply every waiting change, then copy the chunk again.
-            while self._apply_changes():
+            while self._apply_changes(self.streams[0]):
                 pass
             copied = self._copy(spec, state, lo_key, hi)
         elapsed = time.monotonic() - started
@@ -422,10 +605,12 @@ class MoveRunner:
         cursors = dict(state.cursors)
         cursors[spec.name] = DONE if hi is None else list(hi)
         with self.target.begin() as target, self.source_reader.connect() as source:
+            self.dialect.begin_applying(target)
             copied = self.dialect.copy_range(target, source, spec, lo, hi)
             rows_copied = state.rows_copied + copied
             # The checkpoint commits with the chunk: a kill never loses or repeats one.
             self.store.update(target, cursors=cursors, rows_copied=rows_copied)
+            self.dialect.end_applying(target)
         state.cursors, state.rows_copied = cursors, rows_copied
         return copied
 

@@ -40,7 +40,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api = ServiceApi(app)
     api.register_blueprint(users_http.create_blueprint(system.users_uow))
     api.register_blueprint(
-        billing_http.create_blueprint(system.billing_uow, system.users, system.billing_idempotency)
+        billing_http.create_blueprint(
+            system.billing_uow, system.users, system.billing_idempotency, system.billing_ownership
+        )
     )
     api.register_blueprint(notifications_http.create_blueprint(system.notifications_uow))
     # Other deployables' events (the billing service's); signed, not in the OpenAPI document.

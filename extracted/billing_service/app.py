@@ -64,7 +64,9 @@ def create_app(
 
     api = ServiceApi(app)
     api.register_blueprint(
-        billing_http.create_blueprint(system.billing_uow, users, system.idempotency)
+        billing_http.create_blueprint(
+            system.billing_uow, users, system.idempotency, system.ownership
+        )
     )
     # Internal and signed: not part of the public API or its OpenAPI document.
     app.register_blueprint(inbox_blueprint(system.bus, keyring))

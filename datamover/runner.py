@@ -73,6 +73,8 @@ class Stream:
     apply: Engine
     drained_at: float = 0.0
     oldest_pending: float | None = None
+    #: Changes taken from the origin's change table since the process started.
+    consumed: int = 0
 
     @property
     def name(self) -> str:
@@ -497,6 +499,7 @@ class MoveRunner:
         for row in rows:
             histogram.observe(max(0.0, applied_at - row.at))
         self.metrics.changes.labels(self.move.name).inc(len(rows))
+        stream.consumed += len(rows)
         if len(rows) < limit:
             self._mark_drained(stream, read_at)
         return len(rows)

@@ -207,7 +207,9 @@ def test_a_handover_under_writes_to_both_sides_loses_nothing_and_announces_each_
     settled(streaming)
 
     assert handover["last_handover"]["slots"] == list(range(10, 50))
-    assert handover["last_handover"]["hold_seconds"] < 5
+    hold = handover["last_handover"]["hold_seconds"]
+    print(f"\n{pair.backend}: 40 buckets handed over under writes, held {hold:.3f}s")
+    assert hold < 5
     moving_users = {customer.user for customer in people[2:4]}
     assert set(traffic.held) <= moving_users, "a user whose bucket did not change was held"
     assert all(customer.side == "service" for customer in people[:4])
@@ -293,7 +295,7 @@ def test_cut_over_then_roll_back_under_writes_loses_nothing_and_verifies_clean(
     people = customers(apps, plan, [(0, 34), (34, 67), (67, 100), (0, 100)])
     with Traffic(apps, people) as traffic:
         traffic.wait_for(20)
-        hand_over(streaming, 100, "service")
+        cut_over = hand_over(streaming, 100, "service")["last_handover"]["hold_seconds"]
         traffic.wait_for(20)
         assert all(customer.side == "service" for customer in people)
         # Plans are the service's too: the monolith refuses a new one.
@@ -309,8 +311,9 @@ def test_cut_over_then_roll_back_under_writes_loses_nothing_and_verifies_clean(
         )
         assert refused.status_code == 409
         a_plan(apps, "service")
-        hand_over(streaming, 0, "monolith")
+        rollback = hand_over(streaming, 0, "monolith")["last_handover"]["hold_seconds"]
         traffic.wait_for(20)
+    print(f"\n{pair.backend}: cut-over held {cut_over:.3f}s, rollback {rollback:.3f}s")
     assert not traffic.unexpected, traffic.unexpected[:3]
     assert all(customer.side == "monolith" for customer in people)
     assert set(traffic.accepted.values()) == {"monolith", "service"}

@@ -88,12 +88,20 @@ class Slot:
 class OwnershipStore:
     """The ownership tables of both databases (the mover is their only writer)."""
 
-    def __init__(self, move: Move, dialect: Dialect, writers: dict[str, Engine]) -> None:
+    def __init__(
+        self,
+        move: Move,
+        dialect: Dialect,
+        writers: dict[str, Engine],
+        readers: dict[str, Engine],
+    ) -> None:
         """``writers``: per side, an engine whose transactions take the write lock
-        first on SQLite (BEGIN IMMEDIATE) — serialised with the apps' writes."""
+        first on SQLite (BEGIN IMMEDIATE) — serialised with the apps' writes;
+        ``readers``: per side, one whose reads take no lock."""
         self._move = move
         self._dialect = dialect
         self._writers = writers
+        self._readers = readers
         self._table = ownership_table(sa.MetaData(), move.name)
 
     @property
@@ -102,7 +110,7 @@ class OwnershipStore:
 
     def read(self, side: str, connection: Connection | None = None) -> dict[int, Slot]:
         if connection is None:
-            with self._writers[side].connect() as fresh:
+            with self._readers[side].connect() as fresh:
                 return self.read(side, fresh)
         t = self._table
         return {

@@ -138,6 +138,7 @@ class MoveRunner:
             move,
             self.dialect,
             {source_side: self.source, target_side: self.target_writer},
+            {source_side: self.source_reader, target_side: self.readers[1]},
         )
         self.slots = SlotFinder(move, self.dialect)
         self.fence = Fence(

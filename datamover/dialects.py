@@ -73,6 +73,8 @@ class Dialect(abc.ABC):
 
     name: str
     param: str
+    #: The change table's columns, in this engine's types.
+    changes_columns: str
 
     # --- connections -----------------------------------------------------------
 
@@ -90,8 +92,23 @@ class Dialect(abc.ABC):
 
     # --- capture ---------------------------------------------------------------
 
+    def install_changes_table(self, source: Connection) -> None:
+        """The change table (and what the triggers need), in a transaction of its own.
+
+        Apart from the triggers: on PostgreSQL ``CREATE INDEX IF NOT EXISTS``
+        locks the change table, which a writer's trigger inserts into while it
+        holds its own table — a transaction that then also replaced that
+        table's trigger would deadlock with it."""
+        source.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ({self.changes_columns})"
+        )
+        source.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
+        )
+
     @abc.abstractmethod
-    def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None: ...
+    def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
+        """The capture triggers of ``specs`` (after :meth:`install_changes_table`)."""
 
     @abc.abstractmethod
     def remove_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None: ...
@@ -266,18 +283,18 @@ class SQLiteDialect(Dialect):
     def reader_engine(self, url: str) -> Engine:
         return self._engine(url, begin="BEGIN", foreign_keys=True)
 
-    def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
-        source.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
-            "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk TEXT NOT NULL, "
-            "at REAL NOT NULL)"
-        )
-        source.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
-        )
+    changes_columns = (
+        "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk TEXT NOT NULL, "
+        "at REAL NOT NULL"
+    )
+
+    def install_changes_table(self, source: Connection) -> None:
+        super().install_changes_table(source)
         source.exec_driver_sql(
             f"CREATE TABLE IF NOT EXISTS {APPLYING_TABLE} (id INTEGER PRIMARY KEY)"
         )
+
+    def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
         # Not written by the mover itself: the applied change would come back.
         unless_applying = f"WHEN NOT EXISTS (SELECT 1 FROM {APPLYING_TABLE})"
         for spec in specs:
@@ -411,15 +428,12 @@ class PostgresDialect(Dialect):
     def reader_engine(self, url: str) -> Engine:
         return sa.create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
 
+    changes_columns = (
+        "seq bigserial PRIMARY KEY, tbl text NOT NULL, pk text NOT NULL, "
+        "at double precision NOT NULL"
+    )
+
     def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
-        source.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
-            "seq bigserial PRIMARY KEY, tbl text NOT NULL, pk text NOT NULL, "
-            "at double precision NOT NULL)"
-        )
-        source.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
-        )
         for spec in specs:
             table = spec.name
 

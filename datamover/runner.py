@@ -447,10 +447,13 @@ class MoveRunner:
         # Before the first chunk is read: no change can fall between copy and
         # capture. In both databases: the target's changes stream back once it
         # owns records.
-        # One table per transaction: on PostgreSQL each trigger is replaced under
-        # an exclusive lock on its table, and a writer holding one table while
-        # its foreign key reads another would deadlock with a wider transaction.
+        # One table per transaction, the change table first and apart: on
+        # PostgreSQL each trigger is replaced under an exclusive lock on its
+        # table, and a writer holding one table while its trigger or foreign
+        # key reaches another would deadlock with a wider transaction.
         for changes in (self.source, self.target_writer):
+            with changes.begin() as connection:
+                self.dialect.install_changes_table(connection)
             for spec in specs:
                 with changes.begin() as connection:
                     self.dialect.install_capture(connection, [spec])

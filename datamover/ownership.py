@@ -297,7 +297,7 @@ class Fence:
         )
         if not changing:
             return False
-        # The side whose database still says it owns a slot is who held its writes.
+        # For the log and the status: who had the slots, as the source's table says.
         old = {tables[source][slot].owner for slot in changing}
         new = {wanted[slot] for slot in changing}
         epoch = 1 + max(row.epoch for rows in tables.values() for row in rows.values())

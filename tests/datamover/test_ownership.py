@@ -123,7 +123,7 @@ def test_a_write_to_the_side_that_does_not_own_it_is_refused_and_changes_nothing
     assert accepted.status_code == 201, accepted.get_json()
 
 
-def test_a_moving_slot_answers_503_with_retry_after_on_both_sides_and_holds_no_one_else(
+def test_a_moving_slot_answers_503_with_retry_after_holds_no_one_else_and_is_finished_later(
     apps: Apps, streaming: MoveRunner
 ) -> None:
     plan = a_plan(apps)
@@ -147,6 +147,14 @@ def test_a_moving_slot_answers_503_with_retry_after_on_both_sides_and_holds_no_o
         headers=as_user(other),
     )
     assert subscribing.status_code == 201, subscribing.get_json()
+
+    # A slot left moving (a mover killed mid-handover) is finished by the next
+    # convergence: here back to its owner, the monolith.
+    assert hand_over(streaming, 0, "monolith")["moving"] == []
+    released = apps.client("monolith").post(
+        "/billing/invoices", json={"subscription_id": subscription}, headers=as_user(user)
+    )
+    assert released.status_code == 201, released.get_json()
 
 
 def customers(apps: Apps, plan: dict[str, Any], ranges: list[tuple[int, int]]) -> list[Customer]:

@@ -4,6 +4,7 @@ in process on the mover's pair of databases (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from datamover.runner import MoveRunner
 from servicekit.db import create_engine
 from servicekit.ids import new_id
 from servicekit.ownership import bucket
+from servicekit.signing import Keyring
 from tests.datamover.sides import (
     Apps,
     Customer,
@@ -28,7 +30,7 @@ from tests.datamover.sides import (
     subscribed,
     user_in,
 )
-from tests.datamover.support import Pair, fresh_verdict, same_rows, wait_for_phase
+from tests.datamover.support import FAST, Pair, fresh_verdict, same_rows, wait_for_phase
 from tests.support.processes import poll
 
 
@@ -331,3 +333,45 @@ def test_cut_over_then_roll_back_under_writes_loses_nothing_and_verifies_clean(
     same_rows(pair)
     held = [seconds for seconds in traffic.held.values()]
     print(f"\n{pair.backend}: longest client wait on a moving slot {max(held, default=0):.3f}s")
+
+
+def signed_post(mover: Flask, path: str, body: dict[str, Any]) -> Any:
+    raw = json.dumps(body).encode()
+    signature = Keyring.parse(FAST["INTERNAL_KEYS"]).sign("POST", path, raw)
+    return mover.test_client().post(
+        path, data=raw, headers={"Content-Type": "application/json", **signature}
+    )
+
+
+def test_the_ownership_command_is_signed_validated_and_waits_for_the_backfill(
+    mover: Flask,
+) -> None:
+    path = "/moves/billing/ownership"
+    body = {"service_buckets": 30, "plans": "monolith"}
+    assert mover.test_client().post(path, json=body).status_code == 401
+    assert (
+        signed_post(mover, path, {"service_buckets": 101, "plans": "monolith"}).status_code == 422
+    )
+    assert signed_post(mover, path, {"service_buckets": 1, "plans": "nobody"}).status_code == 422
+    early = signed_post(mover, path, body)
+    assert early.status_code == 409 and early.get_json()["code"] == "move_refused"
+
+    runner = runners_of(mover)["billing"]
+    runner.start()
+    wait_for_phase(runner.status, "streaming")
+    accepted = signed_post(mover, path, body)
+    assert accepted.status_code == 202, accepted.get_json()
+    assert accepted.get_json()["ownership"]["desired"] == 30
+    reached = poll(
+        lambda: (
+            (o := mover.test_client().get("/moves/billing").get_json()["ownership"])["converged"]
+            and o
+        ),
+        timeout=30,
+        message="the ownership never converged",
+    )
+    assert reached["service_buckets"] == 30 and reached["plans"] == "monolith"
+    assert set(runner.status()["streams"]) == {"monolith_to_service", "service_to_monolith"}
+    assert "strangler_mover_ownership_hold_seconds_count" in mover.test_client().get(
+        "/metrics"
+    ).get_data(as_text=True)

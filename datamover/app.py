@@ -4,6 +4,8 @@ commands are its clients).
 
 - ``GET /moves``, ``GET /moves/<name>``: phase, progress, lag, last verdict;
 - ``POST /moves/<name>/start|stop|verify``: signed, like every internal call;
+- ``POST /moves/<name>/ownership``: signed; the ownership wanted, which the
+  fence converges both databases to (status: ``ownership``);
 - ``GET /metrics``: Prometheus; ``/health``, ``/ready`` as every deployable.
 """
 
@@ -23,6 +25,7 @@ from datamover.metrics import CONTENT_TYPE_LATEST, Metrics
 from datamover.moves import MOVES
 from datamover.runner import MoveRunner, Tuning
 from servicekit.internal import require_signature
+from servicekit.ownership import MONOLITH, SERVICE, USER_BUCKETS
 from servicekit.signing import Keyring
 from servicekit.web import ServiceApi, error_response, init_service, openapi_settings
 
@@ -35,6 +38,19 @@ class StartSchema(ma.Schema):
     replace = ma.fields.Boolean(
         load_default=False,
         metadata={"description": "Replace rows the target holds that this move did not copy"},
+    )
+
+
+class OwnershipSchema(ma.Schema):
+    service_buckets = ma.fields.Integer(
+        required=True,
+        validate=ma.validate.Range(0, USER_BUCKETS),
+        metadata={"description": "Buckets below this belong to the service (the canary's rule)"},
+    )
+    plans = ma.fields.String(
+        required=True,
+        validate=ma.validate.OneOf([MONOLITH, SERVICE]),
+        metadata={"description": "Who owns the records of no user (plans)"},
     )
 
 
@@ -126,5 +142,13 @@ def _blueprints(runners: dict[str, MoveRunner], metrics: Metrics) -> tuple[Bluep
         """Start a verification; its verdict appears in the move's status."""
         requested = _runner(runners, name).request_verification()
         return {"move": name, "requested_at": requested}, 202
+
+    @commands.route("/moves/<name>/ownership")
+    class Ownership(MethodView):
+        @commands.arguments(OwnershipSchema)
+        def post(self, args: dict[str, Any], name: str) -> tuple[dict[str, Any], int]:
+            """Ask for an ownership: the fence hands the buckets that change side over."""
+            status = _runner(runners, name).set_ownership(args["service_buckets"], args["plans"])
+            return status, 202
 
     return reads, commands

@@ -35,9 +35,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from datamover.schema import TableSpec
 
-__all__ = ["CHANGES_TABLE", "Dialect", "Key", "dialect_for"]
+__all__ = ["APPLYING_TABLE", "CHANGES_TABLE", "Dialect", "Key", "dialect_for"]
 
 CHANGES_TABLE = "strangler_changes"
+#: SQLite's loop prevention: the mover's applying transaction holds one row
+#: here (inserted first, deleted before commit) and every capture trigger is
+#: ``WHEN NOT EXISTS`` a row. SQLite has one writer at a time, so only the
+#: mover's own transaction ever sees its uncommitted marker.
+APPLYING_TABLE = "strangler_applying"
 #: How long a SQLite connection waits for a lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -73,6 +78,8 @@ class Dialect(abc.ABC):
     #: The driver's own errors for a lost connection or a lock that did not
     #: come: COPY goes through the driver, so SQLAlchemy does not wrap them.
     transient_errors: tuple[type[Exception], ...] = ()
+    #: The change table's columns, in this engine's types.
+    changes_columns: str
 
     # --- connections -----------------------------------------------------------
 
@@ -90,8 +97,23 @@ class Dialect(abc.ABC):
 
     # --- capture ---------------------------------------------------------------
 
+    def install_changes_table(self, source: Connection) -> None:
+        """The change table (and what the triggers need), in a transaction of its own.
+
+        Apart from the triggers: on PostgreSQL ``CREATE INDEX IF NOT EXISTS``
+        locks the change table, which a writer's trigger inserts into while it
+        holds its own table — a transaction that then also replaced that
+        table's trigger would deadlock with it."""
+        source.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ({self.changes_columns})"
+        )
+        source.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
+        )
+
     @abc.abstractmethod
-    def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None: ...
+    def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
+        """The capture triggers of ``specs`` (after :meth:`install_changes_table`)."""
 
     @abc.abstractmethod
     def remove_capture(self, source: Connection, tables: Sequence[str]) -> None:
@@ -100,6 +122,14 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def key_text(self, key: Key) -> str:
         """A key as the capture triggers write it."""
+
+    @abc.abstractmethod
+    def begin_applying(self, target: Connection) -> None:
+        """First statement of a transaction that writes copied rows: not to be captured."""
+
+    @abc.abstractmethod
+    def end_applying(self, target: Connection) -> None:
+        """Last statement of such a transaction, before its commit."""
 
     # --- copy and apply --------------------------------------------------------
 
@@ -260,15 +290,20 @@ class SQLiteDialect(Dialect):
     def reader_engine(self, url: str) -> Engine:
         return self._engine(url, begin="BEGIN", foreign_keys=True)
 
+    changes_columns = (
+        "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk TEXT NOT NULL, "
+        "at REAL NOT NULL"
+    )
+
+    def install_changes_table(self, source: Connection) -> None:
+        super().install_changes_table(source)
+        source.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {APPLYING_TABLE} (id INTEGER PRIMARY KEY)"
+        )
+
     def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
-        source.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
-            "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk TEXT NOT NULL, "
-            "at REAL NOT NULL)"
-        )
-        source.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
-        )
+        # Not written by the mover itself: the applied change would come back.
+        unless_applying = f"WHEN NOT EXISTS (SELECT 1 FROM {APPLYING_TABLE})"
         for spec in specs:
             table = spec.name
 
@@ -281,20 +316,22 @@ class SQLiteDialect(Dialect):
                     f"VALUES ('{table}', {key_sql}, {_EPOCH_NOW_SQLITE});"
                 )
 
+            on = f"ON {_q(table)} FOR EACH ROW {unless_applying}"
             triggers = {
-                "insert": f"AFTER INSERT ON {_q(table)} BEGIN {log(key('NEW'))} END",
-                "delete": f"AFTER DELETE ON {_q(table)} BEGIN {log(key('OLD'))} END",
+                "insert": f"AFTER INSERT {on} BEGIN {log(key('NEW'))} END",
+                "delete": f"AFTER DELETE {on} BEGIN {log(key('OLD'))} END",
                 # A key that changes is two changes: the old key left, the new one arrived.
                 "update": (
-                    f"AFTER UPDATE ON {_q(table)} BEGIN {log(key('OLD'))} "
+                    f"AFTER UPDATE {on} BEGIN {log(key('OLD'))} "
                     f"INSERT INTO {CHANGES_TABLE} (tbl, pk, at) SELECT '{table}', {key('NEW')}, "
                     f"{_EPOCH_NOW_SQLITE} WHERE {key('NEW')} <> {key('OLD')}; END"
                 ),
             }
             for operation, body in triggers.items():
-                source.exec_driver_sql(
-                    f"CREATE TRIGGER IF NOT EXISTS strangler_capture_{table}_{operation} {body}"
-                )
+                # Replaced, not kept: an older mover's trigger had no WHEN clause.
+                name = f"strangler_capture_{table}_{operation}"
+                source.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+                source.exec_driver_sql(f"CREATE TRIGGER {name} {body}")
 
     def remove_capture(self, source: Connection, tables: Sequence[str]) -> None:
         for table in tables:
@@ -303,9 +340,17 @@ class SQLiteDialect(Dialect):
                     f"DROP TRIGGER IF EXISTS strangler_capture_{table}_{operation}"
                 )
         source.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES_TABLE}")
+        source.exec_driver_sql(f"DROP TABLE IF EXISTS {APPLYING_TABLE}")
 
     def key_text(self, key: Key) -> str:
         return json.dumps(list(key), separators=(",", ":"), ensure_ascii=False)
+
+    def begin_applying(self, target: Connection) -> None:
+        # A write, first: the deferred transaction takes the write lock now.
+        target.exec_driver_sql(f"INSERT INTO main.{APPLYING_TABLE} DEFAULT VALUES")
+
+    def end_applying(self, target: Connection) -> None:
+        target.exec_driver_sql(f"DELETE FROM main.{APPLYING_TABLE}")
 
     def copy_range(
         self,
@@ -392,16 +437,13 @@ class PostgresDialect(Dialect):
     def reader_engine(self, url: str) -> Engine:
         return sa.create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
 
+    changes_columns = (
+        "seq bigserial PRIMARY KEY, tbl text NOT NULL, pk text NOT NULL, "
+        "at double precision NOT NULL"
+    )
+
     def install_capture(self, source: Connection, specs: Sequence[TableSpec]) -> None:
         _bounded_lock_wait(source)
-        source.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
-            "seq bigserial PRIMARY KEY, tbl text NOT NULL, pk text NOT NULL, "
-            "at double precision NOT NULL)"
-        )
-        source.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_{CHANGES_TABLE}_key ON {CHANGES_TABLE} (tbl, pk)"
-        )
         for spec in specs:
             table = spec.name
 
@@ -437,6 +479,14 @@ class PostgresDialect(Dialect):
 
     def key_text(self, key: Key) -> str:
         return json.dumps(list(key), ensure_ascii=False)  # jsonb's text: ", " between items
+
+    # The applying session is a replica (session_replication_role): ordinary
+    # triggers, capture among them, do not fire for its writes. Nothing to mark.
+    def begin_applying(self, target: Connection) -> None:
+        pass
+
+    def end_applying(self, target: Connection) -> None:
+        pass
 
     def _load(
         self,

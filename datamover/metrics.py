@@ -14,6 +14,8 @@ from prometheus_client import (
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: The issue's bar is 500 ms at p99: buckets around it.
+HOLD_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
 
 
 class Metrics:
@@ -60,6 +62,20 @@ class Metrics:
             "strangler_mover_last_verification_timestamp_seconds",
             "When the last verification ended",
             ["move"],
+            registry=r,
+        )
+        self.stream_lag = Gauge(
+            "strangler_mover_stream_lag_seconds",
+            "Per stream (monolith_to_service, service_to_monolith): age of the oldest "
+            "change not yet applied (0 when none)",
+            ["move", "stream"],
+            registry=r,
+        )
+        self.hold = Histogram(
+            "strangler_mover_ownership_hold_seconds",
+            "Per handover: from marking the slots moving to the new owner accepting writes",
+            ["move"],
+            buckets=HOLD_BUCKETS,
             registry=r,
         )
         self.phase = Gauge(

@@ -14,14 +14,22 @@ target first renews the lease *in that transaction* (``StateStore.fence``),
 so a mover that stalled past its lease cannot commit a row it read before
 another mover took over.
 
-The loop, each turn: apply a batch of captured changes; copy one chunk of the
-backfill (while there is one), committing the checkpoint with it; sleep
-``nice`` times the chunk's duration. After the last chunk the move is
-``streaming`` and the first verification starts.
+The loop, each turn: apply a batch of captured changes of each stream; copy
+one chunk of the backfill (while there is one), committing the checkpoint with
+it; sleep ``nice`` times the chunk's duration. After the last chunk the move
+is ``streaming`` and the first verification starts.
+
+Two streams: capture runs in both databases, and each stream applies only the
+changes of records its origin owns (datamover.ownership). Before any
+ownership is handed over, the source owns everything and the reverse stream
+carries nothing; after the cut-over it is the other way round, and the
+source stays a complete copy. A third thread, the fence, hands ownership
+over when an operator asks for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -34,12 +42,14 @@ from collections import OrderedDict
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from datamover import state as phases
 from datamover.dialects import CHANGES_TABLE, Key, dialect_for
 from datamover.metrics import Metrics
 from datamover.moves import Move
+from datamover.ownership import Fence, Goal, OwnershipStore, SlotFinder
 from datamover.schema import SchemaMismatch, TableSpec, matching_tables
 from datamover.state import DONE, LeaseHeld, LeaseLost, MoveState, StateStore
 from datamover.verify import VerificationCancelled, Verifier
@@ -80,6 +90,41 @@ class Tuning:
         self.schema_check = float(settings["SCHEMA_CHECK_SECONDS"])
 
 
+@dataclasses.dataclass
+class Stream:
+    """One direction: changes captured in ``origin``'s database, applied to the other's."""
+
+    origin: str
+    destination: str
+    #: The origin's database, written only to forget applied changes.
+    changes: Engine
+    origin_reader: Engine
+    destination_reader: Engine
+    #: The destination, as a replica (SQLite: with the origin attached as ``src``).
+    apply: Engine
+    #: Whether ``apply`` is the database that holds the lease (the forward stream).
+    fenced: bool
+    drained_at: float = 0.0
+    oldest_pending: float | None = None
+    last_read_at: float | None = None
+    pending: int = 0
+    #: Changes taken from the origin's change table since the process started.
+    consumed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.origin}_to_{self.destination}"
+
+    def lag(self, now: float) -> float | None:
+        """How late a change committed now would arrive, at least (None: not read yet)."""
+        if self.last_read_at is None:
+            return None
+        lag = now - self.last_read_at  # a loop stuck in a call falls behind too
+        if self.oldest_pending is not None:
+            lag = max(lag, now - self.oldest_pending)
+        return round(max(0.0, lag), 3)
+
+
 class MoveRunner:
     def __init__(
         self, move: Move, source_url: str, target_url: str, tuning: Tuning, metrics: Metrics
@@ -95,6 +140,44 @@ class MoveRunner:
         self.source_reader = self.dialect.reader_engine(source_url)
         self.readers = (self.source_reader, self.dialect.reader_engine(target_url))
         self.store = StateStore(self.target, move.name)
+        # The reverse stream's engines: the target written like the source
+        # (its change table), the source written like the target (as a replica).
+        self.target_writer = self.dialect.source_engine(target_url)
+        self.back = self.dialect.target_engine(source_url, target_url)
+        source_side, target_side = move.source_side, move.target_side
+        self.streams = (
+            Stream(
+                source_side,
+                target_side,
+                self.source,
+                self.source_reader,
+                self.readers[1],
+                self.target,
+                fenced=True,
+            ),
+            Stream(
+                target_side,
+                source_side,
+                self.target_writer,
+                self.readers[1],
+                self.source_reader,
+                self.back,
+                fenced=False,
+            ),
+        )
+        self.ownership = OwnershipStore(
+            move,
+            self.dialect,
+            {source_side: self.source, target_side: self.target_writer},
+            {source_side: self.source_reader, target_side: self.readers[1]},
+        )
+        self.slots = SlotFinder(move, self.dialect)
+        self.fence = Fence(
+            move, self.ownership, wait_for_streams=self.wait_for_capture, metrics=metrics
+        )
+        self._ownership_wanted = threading.Event()
+        self._fence_thread: threading.Thread | None = None
+        self._fence_error: str | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sides = (move.source_side, move.target_side)
         self._lock = threading.Lock()
@@ -109,11 +192,7 @@ class MoveRunner:
         self._verify_done = 0
         self._verify_thread: threading.Thread | None = None
         self._cancel_verification = threading.Event()
-        self._drained_at = 0.0
         self._drained = threading.Condition()
-        self._oldest_pending: float | None = None
-        self._pending = 0
-        self._last_read_at: float | None = None
         self._rate = 0.0
         self._waiting_for: str | None = None
         self._retry_pause = tuning.poll
@@ -166,6 +245,8 @@ class MoveRunner:
                 logger.error("%s", refused)
                 return
             logger.info("move %s: resuming %s from its checkpoint", self.move.name, state.phase)
+            # A move begun by an older mover captured in the source only.
+            self._install_capture(specs)
             self._launch(specs)
 
     def stop(self) -> dict[str, Any]:
@@ -173,13 +254,21 @@ class MoveRunner:
         with self._lock:
             # Only the lease holder may take capture away from under a move.
             self.store.acquire(self.holder, self.tuning.lease)
+            actual = self.fence.actual()
+            if actual["service_buckets"] or actual["plans"] != self.move.source_side:
+                raise Refused(
+                    f"the {self.move.target_side} owns some of {self.move.name}'s records: "
+                    f"without capture its writes would stay there. Hand them back first "
+                    f"(service_buckets 0, plans {self.move.source_side})"
+                )
             self._halt()
             # A verification reading the tables would hold up the DROP TRIGGER.
             self._cancel_verification.set()
             with self._verify_lock:
                 self._cancel_verification.clear()
-            with self.source.begin() as source:  # by name: the schema may be what changed
-                self.dialect.remove_capture(source, self.move.tables)
+            for changes in (self.source, self.target_writer):
+                with changes.begin() as connection:  # by name: the schema may have changed
+                    self.dialect.remove_capture(connection, self.move.tables)
             self.store.update(phase=phases.STOPPED)
             self.store.release(self.holder)
             logger.info("move %s stopped; capture removed", self.move.name)
@@ -204,10 +293,22 @@ class MoveRunner:
             self._verify_asked += 1
         return requested
 
+    def set_ownership(self, service_buckets: int, plans: str) -> dict[str, Any]:
+        """Ask for an ownership; the fence converges both databases to it."""
+        state = self.store.load()
+        if state.phase != phases.STREAMING or not self.running:
+            raise Refused(
+                f"move {self.move.name} is {state.phase}: ownership moves only once the "
+                f"backfill is done and changes stream (`strangler data start {self.move.name}`)"
+            )
+        self.store.save_goal(service_buckets, plans)
+        self._ownership_wanted.set()
+        return self.status()
+
     def close(self) -> None:
         self._cancel_verification.set()
         self._halt(refuse=False)
-        for engine in (self.source, self.target, *self.readers):
+        for engine in (self.source, self.target, *self.readers, self.target_writer, self.back):
             engine.dispose()
 
     @property
@@ -239,8 +340,13 @@ class MoveRunner:
             "eta_seconds": round(remaining / self._rate, 1)
             if state.phase == phases.BACKFILL and self._rate > 0
             else None,
-            "lag_seconds": None if unavailable else self._lag(state),
-            "pending_changes": self._pending,
+            "lag_seconds": None if unavailable else self._lag(state, self.streams[0]),
+            "pending_changes": sum(stream.pending for stream in self.streams),
+            "streams": {
+                stream.name: {"lag_seconds": None if unavailable else self._lag(state, stream)}
+                for stream in self.streams
+            },
+            "ownership": self._ownership_status(),
             "backfilled_at": _iso(state.backfilled_at),
             "verifying": self._verify_asked > self._verify_done,
             "verdict": state.verdict,
@@ -251,21 +357,35 @@ class MoveRunner:
         self._export(status)
         return status
 
-    def _lag(self, state: MoveState) -> float | None:
-        """How late a change committed now would reach the target, at least.
+    def _lag(self, state: MoveState, stream: Stream) -> float | None:
+        """How late a change committed now would reach the other side, at least.
 
         None when nobody applies changes here (not running, or standing by
         for another mover's lease): an unknown lag must never read as zero.
         """
         if state.phase not in phases.RUNNING_PHASES or not self.running or self._waiting_for:
             return None
-        if self._last_read_at is None:
-            return None
-        now = time.time()
-        lag = now - self._last_read_at  # a loop stuck in a call falls behind too
-        if self._oldest_pending is not None:
-            lag = max(lag, now - self._oldest_pending)
-        return round(max(0.0, lag), 3)
+        return stream.lag(time.time())
+
+    def _ownership_status(self) -> dict[str, Any]:
+        try:
+            goal = self.store.load_goal()
+            actual = self.fence.actual()
+        except Exception as exc:  # a database being migrated: say so, don't fail the status
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return {
+            **actual,
+            "desired": None if goal is None else goal[0],
+            "desired_plans": None if goal is None else goal[1],
+            "converged": goal is None
+            or (
+                actual["service_buckets"] == goal[0]
+                and actual["plans"] == goal[1]
+                and not actual["moving"]
+            ),
+            "last_handover": self.fence.last_handover,
+            "error": self._fence_error,
+        }
 
     def _export(self, status: dict[str, Any]) -> None:
         name = self.move.name
@@ -278,6 +398,8 @@ class MoveRunner:
         m.rows_diverged.labels(name).set(0 if verdict is None else _differing(verdict))
         for phase in phases.ALL_PHASES:
             m.phase.labels(name, phase).set(int(phase == status["phase"]))
+        for stream, figures in status["streams"].items():
+            m.stream_lag.labels(name, stream).set(figures["lag_seconds"] or 0.0)
 
     # --- the loop ----------------------------------------------------------------
 
@@ -288,17 +410,23 @@ class MoveRunner:
             target=self._run, name=f"move-{self.move.name}", daemon=True
         )
         self._thread.start()
+        self._fence_thread = threading.Thread(
+            target=self._converge, name=f"fence-{self.move.name}", daemon=True
+        )
+        self._fence_thread.start()
 
     def _halt(self, *, refuse: bool = True) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=HALT_TIMEOUT)
-            if self._thread.is_alive():
-                # Never start a second loop beside one that is still in a call.
-                if refuse:
-                    raise Refused(f"move {self.move.name} is busy finishing a step; try again")
-                return
-        self._thread = None
+        self._ownership_wanted.set()
+        for thread in (self._thread, self._fence_thread):
+            if thread is not None:
+                thread.join(timeout=HALT_TIMEOUT)
+                if thread.is_alive():
+                    # Never start a second loop beside one that is still in a call.
+                    if refuse:
+                        raise Refused(f"move {self.move.name} is busy finishing a step; try again")
+                    return
+        self._thread = self._fence_thread = None
 
     def _run(self) -> None:
         transient: tuple[type[Exception], ...] = (
@@ -365,7 +493,7 @@ class MoveRunner:
                 schema_checked = time.monotonic()
                 if not self._schema_still_matches():
                     return True
-            applied = self._apply_changes()
+            applied = sum(self._apply_changes(stream) for stream in self.streams)
             self._retry_pause = self.tuning.poll  # the databases answer again
             if state.phase == phases.BACKFILL:
                 started = time.monotonic()
@@ -434,65 +562,97 @@ class MoveRunner:
             )
 
     def _install_capture(self, specs: list[TableSpec]) -> None:
-        # Before the first chunk is read: no change can fall between copy and capture.
-        with self.source.begin() as source:
-            self.dialect.install_capture(source, specs)
+        # Before the first chunk is read: no change can fall between copy and
+        # capture. In both databases: the target's changes stream back once it
+        # owns records.
+        # One table per transaction, the change table first and apart: on
+        # PostgreSQL each trigger is replaced under an exclusive lock on its
+        # table, and a writer holding one table while its trigger or foreign
+        # key reaches another would deadlock with a wider transaction.
+        for changes in (self.source, self.target_writer):
+            with changes.begin() as connection:
+                self.dialect.install_changes_table(connection)
+            for spec in specs:
+                with changes.begin() as connection:
+                    self.dialect.install_capture(connection, [spec])
 
     # --- capture -----------------------------------------------------------------
 
-    def _apply_changes(self) -> int:
-        """Apply one batch of captured changes; how many change rows it consumed."""
+    def _apply_changes(self, stream: Stream) -> int:
+        """Apply one batch of ``stream``'s changes; how many change rows it consumed."""
         limit = self.tuning.apply_batch
         read_at = time.time()
-        with self.source_reader.connect() as source:
-            rows = source.exec_driver_sql(
+        with stream.origin_reader.connect() as origin:
+            rows = origin.exec_driver_sql(
                 f"SELECT seq, tbl, pk, at FROM {CHANGES_TABLE} ORDER BY seq LIMIT {limit}"
             ).all()
-        self._last_read_at = read_at
-        self._pending = len(rows)
+        stream.last_read_at = read_at
+        stream.pending = len(rows)
         if not rows:
-            self._oldest_pending = None
-            self._mark_drained(read_at)
+            stream.oldest_pending = None
+            self._mark_drained(stream, read_at)
             return 0
-        self._oldest_pending = min(row.at for row in rows)
+        stream.oldest_pending = min(row.at for row in rows)
         latest: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
         for row in rows:  # a key changed twice is applied once, at its last place
             seqs = latest.pop((row.tbl, row.pk), [])
             latest[(row.tbl, row.pk)] = [*seqs, row.seq]
         specs = {spec.name: spec for spec in self._specs}
+        by_table: dict[str, list[Key]] = {}
+        for table, key_text in latest:
+            by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
+        owned = {
+            (table, key)
+            for table, keys in self._owned_by_origin(stream, specs, by_table).items()
+            for key in keys
+        }
+        changes = [c for c in latest if (c[0], tuple(json.loads(c[1]))) in owned]
         try:
-            self._apply(specs, list(latest))
+            self._apply(stream, specs, changes)
             failed: list[tuple[str, str]] = []
         except IntegrityError:
-            failed = self._apply_one_by_one(specs, list(latest))
+            failed = self._apply_one_by_one(stream, specs, changes)
         applied_at = time.time()
+        # Changes to records the origin does not own are consumed, not applied.
         done = [seq for change, seqs in latest.items() if change not in failed for seq in seqs]
         if done:
-            with self.source.begin() as source:
-                source.exec_driver_sql(
+            with stream.changes.begin() as origin:
+                origin.exec_driver_sql(
                     f"DELETE FROM {CHANGES_TABLE} WHERE seq IN ({', '.join(map(str, done))})"
                 )
+        stream.consumed += len(done)
         histogram = self.metrics.apply_lag.labels(self.move.name)
         for row in rows:
             histogram.observe(max(0.0, applied_at - row.at))
         self.metrics.changes.labels(self.move.name).inc(len(done))
         if len(rows) < limit and not failed:
-            self._mark_drained(read_at)
+            self._mark_drained(stream, read_at)
         if failed and len(done) == 0:
             self._stop.wait(self.tuning.poll)  # only stuck changes left: no hot loop
         return len(done)
 
-    def _apply(self, specs: dict[str, TableSpec], changes: list[tuple[str, str]]) -> None:
+    def _apply(
+        self, stream: Stream, specs: dict[str, TableSpec], changes: list[tuple[str, str]]
+    ) -> None:
         by_table: dict[str, list[Key]] = {}
         for table, key_text in changes:
             by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
-        with self.target.begin() as target, self.source_reader.connect() as source:
-            self.store.fence(target, self.holder, self.tuning.lease)
+        if not by_table:
+            return
+        if not stream.fenced:
+            # The lease lives in the target's database, not in this transaction's:
+            # renewed just before instead (a stalled holder is refused here).
+            self.store.acquire(self.holder, self.tuning.lease)
+        with stream.apply.begin() as target, stream.origin_reader.connect() as source:
+            if stream.fenced:
+                self.store.fence(target, self.holder, self.tuning.lease)
+            self.dialect.begin_applying(target)
             for table, keys in by_table.items():
                 self.dialect.apply_keys(target, source, specs[table], keys)
+            self.dialect.end_applying(target)
 
     def _apply_one_by_one(
-        self, specs: dict[str, TableSpec], changes: list[tuple[str, str]]
+        self, stream: Stream, specs: dict[str, TableSpec], changes: list[tuple[str, str]]
     ) -> list[tuple[str, str]]:
         """Changes that only work in some order (a row freeing a unique value
         another one takes): apply each alone, and again those that failed,
@@ -502,30 +662,63 @@ class MoveRunner:
             failed = []
             for change in left:
                 try:
-                    self._apply(specs, [change])
+                    self._apply(stream, specs, [change])
                 except IntegrityError:
                     failed.append(change)
             if len(failed) == len(left):
                 logger.warning(
-                    "move %s: %s change(s) conflict in the target, kept for the next turn: %s",
+                    "move %s: %s change(s) conflict in the %s, kept for the next turn: %s",
                     self.move.name,
                     len(failed),
+                    stream.destination,
                     failed[:3],
                 )
                 return failed
             left = failed
         return []
 
-    def _mark_drained(self, read_at: float) -> None:
+    def _owned_by_origin(
+        self, stream: Stream, specs: dict[str, TableSpec], by_table: dict[str, list[Key]]
+    ) -> dict[str, list[Key]]:
+        """The changed keys of records ``stream``'s origin owns.
+
+        The others were written there without owning them — by no app, which
+        refuses such writes, but possibly by a hand or an event handler — and
+        must not overwrite the owner's row. A record gone from the origin is
+        placed by the copy the destination still holds."""
+        with (
+            stream.origin_reader.connect() as origin,
+            stream.destination_reader.connect() as destination,
+        ):
+            owned = self.ownership.owned_slots(stream.origin, origin)
+            kept: dict[str, list[Key]] = {}
+            for table, keys in by_table.items():
+                slots = self.slots.slots(specs[table], keys, (origin, destination))
+                mine = [key for key in keys if key in slots and slots[key] in owned]
+                if len(mine) < len(keys):
+                    logger.debug(
+                        "move %s: %s of %s changes to %s not applied from the %s (not its records)",
+                        self.move.name,
+                        len(keys) - len(mine),
+                        len(keys),
+                        table,
+                        stream.origin,
+                    )
+                if mine:
+                    kept[table] = mine
+        return kept
+
+    def _mark_drained(self, stream: Stream, read_at: float) -> None:
         with self._drained:
-            self._drained_at = max(self._drained_at, read_at)
+            stream.drained_at = max(stream.drained_at, read_at)
             self._drained.notify_all()
 
     def wait_for_capture(self, moment: float, timeout: float = 30.0) -> bool:
-        """Block until every change committed before ``moment`` is in the target."""
+        """Block until every change committed before ``moment``, on either side,
+        has been applied to the other."""
         deadline = time.monotonic() + timeout
         with self._drained:
-            while self._drained_at <= moment:
+            while any(stream.drained_at <= moment for stream in self.streams):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.running:
                     return False
@@ -551,7 +744,8 @@ class MoveRunner:
             # cancelled since it was copied, and its successor in this chunk):
             # apply the waiting changes, then copy the chunk again.
             for _ in range(DRAIN_PASSES):
-                if self._stop.is_set() or self._apply_changes() < self.tuning.apply_batch:
+                applied = self._apply_changes(self.streams[0])
+                if self._stop.is_set() or applied < self.tuning.apply_batch:
                     break
             copied = self._copy(spec, state, lo_key, hi)
         elapsed = time.monotonic() - started
@@ -565,12 +759,37 @@ class MoveRunner:
         cursors[spec.name] = DONE if hi is None else list(hi)
         with self.target.begin() as target, self.source_reader.connect() as source:
             self.store.fence(target, self.holder, self.tuning.lease)
+            self.dialect.begin_applying(target)  # the copy is not the target's own change
             copied = self.dialect.copy_range(target, source, spec, lo, hi)
+            self.dialect.end_applying(target)
             rows_copied = state.rows_copied + copied
             # The checkpoint commits with the chunk: a kill never loses or repeats one.
             self.store.update(target, cursors=cursors, rows_copied=rows_copied)
         state.cursors, state.rows_copied = cursors, rows_copied
         return copied
+
+    # --- ownership ---------------------------------------------------------------
+
+    def _converge(self) -> None:
+        """The fence's thread: one handover at a time towards the asked ownership."""
+        while not self._stop.is_set():
+            self._ownership_wanted.wait(timeout=max(1.0, self.tuning.poll))
+            self._ownership_wanted.clear()
+            if self._stop.is_set():
+                return
+            goal = self.store.load_goal()
+            if goal is None or self.store.load().phase != phases.STREAMING:
+                continue
+            try:
+                while not self._stop.is_set() and self.fence.converge(Goal(*goal)):
+                    self._fence_error = None
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                logger.exception("move %s: handing ownership over failed", self.move.name)
+                self._fence_error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(1.0)
+                self._ownership_wanted.set()  # try again: slots may be left moving
 
     # --- verification ------------------------------------------------------------
 

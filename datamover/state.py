@@ -20,7 +20,15 @@ from sqlalchemy.engine import Connection, Engine
 from datamover.dialects import Key
 from servicekit.errors import Conflict
 
-__all__ = ["DONE", "LeaseHeld", "LeaseLost", "MoveState", "StateStore", "moves_table"]
+__all__ = [
+    "DONE",
+    "LeaseHeld",
+    "LeaseLost",
+    "MoveState",
+    "StateStore",
+    "goals_table",
+    "moves_table",
+]
 
 #: A table's cursor once its backfill has finished.
 DONE = "done"
@@ -44,6 +52,15 @@ moves_table = sa.Table(
     sa.Column("lease_until", sa.Float, nullable=True),
     sa.Column("verdict", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+)
+#: The ownership an operator asked for (the fence converges the databases to it).
+goals_table = sa.Table(
+    "strangler_ownership_goals",
+    _metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("service_buckets", sa.Integer, nullable=False),
+    sa.Column("plans", sa.String(20), nullable=False),
+    sa.Column("set_at", sa.Float, nullable=False),
 )
 
 
@@ -177,3 +194,25 @@ class StateStore:
                 .where(moves_table.c.name == self._name, moves_table.c.holder == holder)
                 .values(holder=None, lease_until=None)
             )
+
+    def save_goal(self, service_buckets: int, plans: str) -> None:
+        t = goals_table
+        with self._engine.begin() as connection:
+            connection.execute(t.delete().where(t.c.name == self._name))
+            connection.execute(
+                t.insert().values(
+                    name=self._name,
+                    service_buckets=service_buckets,
+                    plans=plans,
+                    set_at=time.time(),
+                )
+            )
+
+    def load_goal(self) -> tuple[int, str] | None:
+        """(service_buckets, plans) as last asked for; None before any request."""
+        t = goals_table
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(t.c.service_buckets, t.c.plans).where(t.c.name == self._name)
+            ).first()
+        return None if row is None else (int(row.service_buckets), str(row.plans))

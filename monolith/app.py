@@ -45,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             system.billing_read_uow,
             system.users,
             system.billing_idempotency,
+            system.billing_ownership,
         )
     )
     api.register_blueprint(notifications_http.create_blueprint(system.notifications_uow))

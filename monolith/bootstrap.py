@@ -32,7 +32,11 @@ from servicekit.httpclient import HttpClient
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
 from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay, eager_delivery
+from servicekit.ownership import MONOLITH, OwnershipGuard
 from servicekit.uow import AfterCommit
+
+#: Paths of billing's records that belong to no user: the plans' owner (slot 100).
+BILLING_TABLE_PATHS = ("/billing/plans",)
 
 #: Every module's tables, in one database: what migrations and the boundary
 #: checks look at.
@@ -55,6 +59,7 @@ class Monolith:
     billing_read_uow: Callable[[], BillingUnitOfWork]
     notifications_uow: Callable[[], NotificationsUnitOfWork]
     billing_idempotency: IdempotencyKeys
+    billing_ownership: OwnershipGuard
     billing: BillingPort
 
     def check_database(self) -> None:
@@ -106,12 +111,21 @@ def bootstrap(
             sessions, outbox=users_orm.outbox, source="users", after_commit=after_commit["users"]
         )
 
+    billing_ownership = OwnershipGuard(
+        engine,
+        billing_orm.ownership,
+        side=MONOLITH,
+        group="billing",
+        table_paths=BILLING_TABLE_PATHS,
+    )
+
     def billing_uow() -> BillingUnitOfWork:
         return BillingUnitOfWork(
             sessions,
             outbox=billing_orm.outbox,
             source="billing",
             after_commit=after_commit["billing"],
+            on_begin=billing_ownership.check_in_transaction,
         )
 
     # The API's reads. On SQLite their transactions begin DEFERRED, so that
@@ -167,5 +181,6 @@ def bootstrap(
         billing_read_uow=billing_read_uow,
         notifications_uow=notifications_uow,
         billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
+        billing_ownership=billing_ownership,
         billing=billing,
     )

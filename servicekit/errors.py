@@ -17,6 +17,10 @@ class DomainError(Exception):
     """Base of every expected failure. ``code`` is the machine-readable name."""
 
     code = "domain_error"
+    #: False for a refusal that changed nothing and may succeed elsewhere or
+    #: later (a write sent to the side that does not own the records): it is
+    #: never stored as an idempotency key's reply.
+    remembered = True
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

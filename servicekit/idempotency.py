@@ -133,6 +133,9 @@ class IdempotencyKeys:
                 uow.release_commit()
                 return reply
         except DomainError as refusal:
+            if not refusal.remembered:
+                self._release(scope, key)
+                raise
             reply = render_error(refusal)
             with self._sessions() as session, session.begin():
                 self._complete(session, scope, key, reply)

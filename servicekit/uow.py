@@ -19,11 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from servicekit.events import Envelope, IntegrationEvent
 from servicekit.outbox import write_to_outbox
 
-__all__ = ["AfterCommit", "UnitOfWork"]
+__all__ = ["AfterCommit", "OnBegin", "UnitOfWork"]
 
 logger = logging.getLogger(__name__)
 
 AfterCommit = Callable[[Sequence[Envelope]], None]
+#: Runs first in every transaction of the unit of work (the ownership check).
+OnBegin = Callable[[Session], None]
 
 
 class UnitOfWork:
@@ -34,11 +36,13 @@ class UnitOfWork:
         outbox: sa.Table | None = None,
         source: str = "",
         after_commit: AfterCommit | None = None,
+        on_begin: OnBegin | None = None,
     ) -> None:
         self._session_factory = session_factory
         self._outbox = outbox
         self._source = source
         self._after_commit = after_commit
+        self._on_begin = on_begin
         self.published: list[Envelope] = []
         self._depth = 0
         self._commit_held = False
@@ -52,6 +56,14 @@ class UnitOfWork:
             self.session = self._session_factory()
             self.published = []
             self._committed = False
+            if self._on_begin is not None:
+                try:
+                    self._on_begin(self.session)
+                except BaseException:
+                    self._depth -= 1
+                    self.session.rollback()
+                    self.session.close()
+                    raise
         return self
 
     def __exit__(

@@ -165,7 +165,11 @@ def _error_reply(error: DomainError) -> Reply:
 
 def _domain_error_response(error: DomainError) -> Response:
     return error_response(
-        _status_for(error), error.message, code=error.code, fields=error.details or None
+        _status_for(error),
+        error.message,
+        code=error.code,
+        fields=error.details or None,
+        headers=getattr(error, "headers", None),
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fnmatch
-import hashlib
 import json
 import re
 import threading
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+from servicekit import buckets
 from servicekit.errors import RuleViolated
 
 __all__ = [
@@ -188,8 +188,9 @@ def bucket(route_name: str, key: str) -> int:
     after every restart. A caller goes to the service when its bucket is below
     the percent, so raising the percent only ever moves callers towards it.
     """
-    digest = hashlib.sha256(f"{route_name}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 100
+    # One formula with the apps' ownership check: a user's requests go where
+    # that user's records are owned.
+    return buckets.bucket(route_name, key)
 
 
 # --- shadow comparison -----------------------------------------------------

@@ -65,7 +65,11 @@ def create_app(
     api = ServiceApi(app)
     api.register_blueprint(
         billing_http.create_blueprint(
-            system.billing_uow, system.billing_read_uow, users, system.idempotency
+            system.billing_uow,
+            system.billing_read_uow,
+            users,
+            system.idempotency,
+            system.ownership,
         )
     )
     # Internal and signed: not part of the public API or its OpenAPI document.

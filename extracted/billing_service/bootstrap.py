@@ -24,9 +24,12 @@ from servicekit.outbox import (
     OutboxRelay,
     eager_delivery,
 )
+from servicekit.ownership import SERVICE, OwnershipGuard
 
 #: What the events of this service say they come from (the monolith's module said the same).
 SOURCE = "billing"
+#: Paths of records that belong to no user: their owner is the plans' (slot 100).
+TABLE_PATHS = ("/billing/plans",)
 
 
 @dataclasses.dataclass
@@ -38,6 +41,7 @@ class BillingService:
     billing_uow: Callable[[], BillingUnitOfWork]
     billing_read_uow: Callable[[], BillingUnitOfWork]
     idempotency: IdempotencyKeys
+    ownership: OwnershipGuard
 
     def check_database(self) -> None:
         with self.engine.connect() as connection:
@@ -70,12 +74,17 @@ def bootstrap(
 
     after_commit = eager_delivery(relay) if deliver_eagerly else None
 
+    ownership = OwnershipGuard(
+        engine, orm.ownership, side=SERVICE, group="billing", table_paths=TABLE_PATHS
+    )
+
     def billing_uow() -> BillingUnitOfWork:
         return BillingUnitOfWork(
             sessions,
             outbox=orm.outbox,
             source=SOURCE,
             after_commit=after_commit,
+            on_begin=ownership.check_in_transaction,
         )
 
     # The API's reads. On SQLite their transactions begin DEFERRED, so that
@@ -108,4 +117,5 @@ def bootstrap(
         billing_uow=billing_uow,
         billing_read_uow=billing_read_uow,
         idempotency=IdempotencyKeys(sessions, orm.idempotency_keys),
+        ownership=ownership,
     )

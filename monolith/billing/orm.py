@@ -9,6 +9,7 @@ from servicekit.db import UTCDateTime, new_metadata
 from servicekit.idempotency import idempotency_table
 from servicekit.inbox import inbox_table
 from servicekit.outbox import outbox_table
+from servicekit.ownership import ownership_table
 
 metadata = new_metadata()
 
@@ -94,3 +95,6 @@ payments = sa.Table(
 outbox = outbox_table(metadata, "billing")
 processed_events = inbox_table(metadata, "billing")
 idempotency_keys = idempotency_table(metadata, "billing")
+#: Who may write which records while the data mover moves them (the mover
+#: writes it, the app only reads it; empty: this side owns everything).
+ownership = ownership_table(metadata, "billing")

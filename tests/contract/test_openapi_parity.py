@@ -121,9 +121,7 @@ def test_a_field_whose_type_changed_is_named(specs, monkeypatch, tmp_path):
 
     found = contract_differences(specs["monolith"], openapi(build("service", tmp_path)))
 
-    assert found == [
-        "components/schemas/Payment/properties/currency/type: 'string' != 'integer'"
-    ]
+    assert found == ["components/schemas/Payment/properties/currency/type: 'string' != 'integer'"]
 
 
 def test_a_field_removed_on_one_side_is_named(specs, monkeypatch, tmp_path):

@@ -30,6 +30,7 @@ from extracted.billing_service.billing.schemas import (
     SubscriptionSchema,
 )
 from servicekit.idempotency import IdempotencyKeys, fingerprint
+from servicekit.ownership import OwnershipGuard, acting_scope
 from servicekit.web import ServiceBlueprint as Blueprint
 from servicekit.web import idempotent_response
 
@@ -39,6 +40,7 @@ def create_blueprint(
     read_uow: Callable[[], BillingUnitOfWork],
     users: services.UserDirectory,
     idempotency_keys: IdempotencyKeys,
+    ownership: OwnershipGuard,
 ) -> Blueprint:
     """``read_uow`` serves the GETs: it never takes SQLite's write lock, nor opens
     a transaction on PostgreSQL (see ``billing_read_uow`` in bootstrap.py).
@@ -48,6 +50,9 @@ def create_blueprint(
     answer page numbers with a count of every row.
     """
     blp = Blueprint("billing", __name__, url_prefix="/billing", description="Billing")
+    # Before any view, so before an idempotency key is reserved: a refusal
+    # (409 not_owner, 503 ownership_moving) is never stored as a key's reply.
+    ownership.protect(blp)
 
     @blp.route("/plans")
     class Plans(MethodView):
@@ -175,7 +180,8 @@ def create_blueprint(
             return the first reply."""
             return idempotent_response(
                 idempotency_keys,
-                scope="billing.payments",
+                # The acting user's: a key moves with its user's records.
+                scope=acting_scope("billing.payments"),
                 key=headers["idempotency_key"],
                 request_fingerprint=fingerprint(str(invoice_id), data),
                 uow=uow(),

@@ -22,7 +22,7 @@ from strangler_proxy import admin, config
 from strangler_proxy.control import ControlLoop
 from strangler_proxy.datagate import DataPolicy
 from strangler_proxy.datamoves import DataMoves
-from strangler_proxy.dispatch import Dispatcher, TableHolder
+from strangler_proxy.dispatch import Dispatcher, OwnershipHolder, TableHolder
 from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable
 from strangler_proxy.metrics import Metrics
 from strangler_proxy.recording import Recorder
@@ -54,6 +54,7 @@ class Proxy:
         if self.store.seed(load_route_file(settings["ROUTES_FILE"])):
             logger.info("seeded the route table from %s", settings["ROUTES_FILE"])
         self.routes = TableHolder(self.store.load())
+        self.owners = OwnershipHolder()
         self.metrics = Metrics()
         self.metrics.revision.set(self.routes.table.revision)
         self.traffic = Traffic()
@@ -102,6 +103,7 @@ class Proxy:
         self.admin_bridge = WsgiBridge(self.admin, ADMIN_THREADS, int(settings["MAX_BODY_BYTES"]))
         self.app = Dispatcher(
             routes=self.routes,
+            owners=self.owners,
             upstreams=self.upstreams,
             admin=self.admin_bridge,
             recorder=self.recorder,
@@ -116,6 +118,8 @@ class Proxy:
             worker=self.worker,
             store=self.store,
             routes=self.routes,
+            owners=self.owners,
+            data=self.data,
             metrics=self.metrics,
             traffic=self.traffic,
             recorder=self.recorder,

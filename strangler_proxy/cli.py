@@ -288,6 +288,20 @@ def _describe(status: dict[str, Any]) -> str:
     if status.get("verifying"):
         shown += " (verifying now)"
     lines.append(f"  last verification  {shown}")
+    owners = status.get("ownership") or {}
+    if "service_buckets" in owners:
+        handover = owners.get("last_handover") or {}
+        held = f", last handover held writes {handover['hold_seconds']:.2f} s" if handover else ""
+        moving = f", moving {len(owners['moving'])} bucket(s)" if owners.get("moving") else ""
+        lines.append(
+            f"  owners  service {owners['service_buckets']}/100 buckets "
+            f"(asked {owners.get('desired') if owners.get('desired') is not None else 0}), "
+            f"plans on the {owners.get('plans')}{moving}{held}"
+        )
+        streams = status.get("streams") or {}
+        for name, figures in streams.items():
+            lag = figures.get("lag_seconds")
+            lines.append(f"  stream {name}: lag {'-' if lag is None else f'{lag:.3f} s'}")
     if status.get("waiting_for_lease"):
         lines.append(f"  waiting for the lease held by {status['waiting_for_lease']}")
     return "\n".join(lines)

@@ -19,8 +19,16 @@ import time
 
 from servicekit.db import utcnow
 from servicekit.errors import Conflict
-from strangler_proxy.dispatch import TableHolder
-from strangler_proxy.domain import DemotionPolicy, demotion_reason
+from strangler_proxy.datamoves import DataMoves as DataMover
+from strangler_proxy.dispatch import OwnershipHolder, TableHolder
+from strangler_proxy.domain import (
+    MONOLITH,
+    DemotionPolicy,
+    Ownership,
+    Route,
+    demotion_reason,
+    desired_ownership,
+)
 from strangler_proxy.metrics import BREAKER_STATES, Metrics
 from strangler_proxy.recording import Recorder
 from strangler_proxy.repository import RouteStore
@@ -50,6 +58,8 @@ class ControlLoop:
         worker: str,
         store: RouteStore,
         routes: TableHolder,
+        owners: OwnershipHolder,
+        data: DataMover,
         metrics: Metrics,
         traffic: Traffic,
         recorder: Recorder,
@@ -62,6 +72,8 @@ class ControlLoop:
         self.worker = worker
         self.store = store
         self.routes = routes
+        self.owners = owners
+        self.data = data
         self.metrics = metrics
         self.traffic = traffic
         self.recorder = recorder
@@ -86,6 +98,7 @@ class ControlLoop:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.refresh()
+                self.follow_ownership()
                 self.store_mismatches()
                 since_flush += self.poll_seconds
                 if since_flush >= self.flush_seconds:
@@ -94,6 +107,35 @@ class ControlLoop:
             except Exception:  # a database hiccup must not end the worker's polling
                 logger.exception("route table poll failed")
         self.recorder.flush()
+
+    def follow_ownership(self) -> None:
+        """Learn who owns each data move's records (the dispatcher routes by
+        it), and ask the mover for the ownership the routes' mode now wants.
+
+        Asking from here, not from the admin API, is what makes every change
+        go through the fence — a person's, the dashboard's, an auto-demotion's
+        — and what repairs a request that did not reach the mover."""
+        routes: dict[str, Route] = {}
+        for route in self.routes.table.routes:
+            if route.data is not None:
+                routes.setdefault(route.data, route)
+        for move, route in routes.items():
+            status = self.data.status(move)
+            self.owners.by_move[move] = Ownership.from_status(status)
+            reported = (status or {}).get("ownership") or {}
+            if status is None or status.get("phase") != "streaming" or "desired" not in reported:
+                continue
+            wanted = desired_ownership(route)
+            asked = (reported.get("desired"), reported.get("desired_plans"))
+            if asked == wanted or (asked == (None, None) and wanted == (0, MONOLITH)):
+                continue
+            code, answer = self.data.command(
+                move, "ownership", {"service_buckets": wanted[0], "plans": wanted[1]}
+            )
+            if code >= 400:
+                logger.warning("the mover refused ownership %s of %s: %s", wanted, move, answer)
+            else:
+                logger.info("asked the mover for %s of %s's records on the service", wanted, move)
 
     def refresh(self) -> None:
         """Reload the routes if another worker (or process) changed them."""

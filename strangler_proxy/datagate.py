@@ -5,7 +5,9 @@ route's move (None when the mover cannot be asked) and the clock. A route
 that moves without its data is the failure this project exists to prevent —
 existing records 404 on the new side, writes lost on the way back — so
 ``canary`` and ``service`` are refused, with every reason and the command
-that fixes it, until the copy is complete, current and proved.
+that fixes it, until the copy is complete, current and proved; and, for a
+route that writes, until the mover can hand write ownership over and its
+reverse stream (service to monolith) is running and current.
 """
 
 from __future__ import annotations
@@ -59,13 +61,34 @@ def reasons_to_stay(
         ]
     else:
         reasons = _data_reasons(move, status, policy, now, fix_start, fix_verify)
-    writes = sorted(route.methods - SAFE_METHODS) or ["any"]
-    if "*" in route.methods or route.methods - SAFE_METHODS:
+    if status is not None and ("*" in route.methods or route.methods - SAFE_METHODS):
+        reasons.extend(_write_reasons(move, status, policy))
+    return reasons
+
+
+def _write_reasons(move: str, status: dict[str, Any], policy: DataPolicy) -> list[str]:
+    """A route that writes hands write ownership over, user by user: the
+    changes made on the service must flow back (prove the reverse stream
+    before switching, as Vitess learned), and the fence must be working."""
+    ownership = status.get("ownership") or {}
+    if "service_buckets" not in ownership:
+        return [
+            f"this data mover cannot hand write ownership of {move}'s records over "
+            "(its status has no ownership): upgrade it"
+        ]
+    sides = status.get("sides") or ["monolith", "service"]
+    back = f"{sides[1]}_to_{sides[0]}"
+    lag = ((status.get("streams") or {}).get(back) or {}).get("lag_seconds")
+    reasons = []
+    if lag is None:
+        reasons.append(f"the reverse stream ({sides[1]} to {sides[0]}) is not running")
+    elif lag >= policy.max_lag:
         reasons.append(
-            f"the route accepts writes ({', '.join(writes)}) and handing write ownership of "
-            f"{move}'s records to the service is not built yet (the issue \"Move billing's "
-            'data, part 2"): until then only shadow may send it traffic'
+            f"the reverse stream ({sides[1]} to {sides[0]}) is {lag:.2f} s late "
+            f"(at most {policy.max_lag:g} s)"
         )
+    if ownership.get("error"):
+        reasons.append(f"the last handover of {move}'s records failed: {ownership['error']}")
     return reasons
 
 

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -31,9 +31,11 @@ from strangler_proxy.domain import (
     SAFE_METHODS,
     SHADOWED_METHODS,
     BadPath,
+    Ownership,
     Route,
     RouteTable,
     normalise_path,
+    owner_of,
 )
 from strangler_proxy.recording import CLIENT_CLOSED, Record, Recorder
 from strangler_proxy.shadowing import SHADOW_BODY_LIMIT, Shadower
@@ -54,6 +56,10 @@ RAW_TARGET = "strangler.raw_target"
 #: Set by ``server.ProxyHttpProtocol``: the client connection's transport.
 TRANSPORT = "strangler.transport"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: How an app says "these records are the other side's" (servicekit.ownership).
+NOT_OWNER_CODE = b'"not_owner"'
+#: A refusal is a small JSON envelope; a bigger 409 body is passed on as it is.
+NOT_OWNER_PEEK_BYTES = 16 * 1024
 
 
 class TableHolder:
@@ -61,6 +67,32 @@ class TableHolder:
 
     def __init__(self, table: RouteTable) -> None:
         self.table = table
+
+
+class OwnershipHolder:
+    """Each data move's ownership as the background thread last heard it from
+    the data mover (None: it could not say)."""
+
+    def __init__(self) -> None:
+        self.by_move: dict[str, Ownership | None] = {}
+
+
+class _Buffered:
+    """An upstream answer whose (small) body was read to look at it."""
+
+    def __init__(self, response: UpstreamResponse, body: bytes) -> None:
+        self.status = response.status
+        self.reason = response.reason
+        self.headers = response.headers
+        self._response = response
+        self._body = body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
+
+    def close(self) -> None:
+        self._response.close()
 
 
 class _ClientGone(Exception):
@@ -74,6 +106,7 @@ class Dispatcher:
         self,
         *,
         routes: TableHolder,
+        owners: OwnershipHolder,
         upstreams: dict[str, Upstream],
         admin: ASGIApp,
         recorder: Recorder,
@@ -85,6 +118,7 @@ class Dispatcher:
         trusted_peers: frozenset[str],
     ) -> None:
         self.routes = routes
+        self.owners = owners
         self.upstreams = upstreams
         self.admin = admin
         self.record = recorder.add
@@ -190,7 +224,40 @@ class Dispatcher:
 
         peer = scope["client"][0] if scope.get("client") else ""
         primary = MONOLITH
-        if route is not None and route.mode in ("canary", "service"):
+        if route is not None and route.data is not None:
+            # Records that move: sent to the side that owns them, in every mode.
+            key = rules.canary_key(facts, headers, self.canary_header, self.canary_cookie)
+            owner = owner_of(
+                route,
+                key.decode("latin-1") if key else None,
+                method,
+                self.owners.by_move.get(route.data),
+            )
+            if owner is None:
+                await _error(
+                    send,
+                    503,
+                    f"this user's {route.data} records are being handed over; retry in a second",
+                    request_id,
+                    [(b"retry-after", b"1")],
+                )
+                self.record(
+                    Record(
+                        route.name,
+                        mode,
+                        "-",
+                        method,
+                        path,
+                        503,
+                        _since(started),
+                        request_id,
+                        None,
+                        "fenced",
+                    )
+                )
+                return
+            primary = owner
+        elif route is not None and route.mode in ("canary", "service"):
             key = rules.canary_key(facts, headers, self.canary_header, self.canary_cookie)
             primary = route.upstream_for(
                 key.decode("latin-1") if key else self._client_address(peer, headers)
@@ -208,6 +275,7 @@ class Dispatcher:
 
         used = primary
         service_failed: bool | None = None
+        response: UpstreamResponse | _Buffered
         try:
             try:
                 response = await self.upstreams[primary].send(
@@ -225,7 +293,11 @@ class Dispatcher:
                     method, target, forwarded, b"", retry=True
                 )
             else:
-                if route is not None and primary != MONOLITH:
+                if route is not None and route.data is not None and response.status == 409:
+                    response, used = await self._other_owner(
+                        route, response, method, target, forwarded, body, retry, used
+                    )
+                if route is not None and used != MONOLITH:
                     service_failed = response.status >= 500
         except UpstreamFailed as failure:
             extra = (
@@ -294,6 +366,28 @@ class Dispatcher:
                     (status, captured),
                 )
 
+    async def _other_owner(
+        self,
+        route: Route,
+        response: UpstreamResponse | _Buffered,
+        method: str,
+        target: bytes,
+        forwarded: list[tuple[bytes, bytes]],
+        body: bytes,
+        retry: bool,
+        used: str,
+    ) -> tuple[UpstreamResponse | _Buffered, str]:
+        """A side that does not own the records refused them (409 ``not_owner``,
+        nothing applied): this worker's view of the owners is stale by a
+        handover. Ask the other side, once."""
+        assert isinstance(response, UpstreamResponse)
+        seen = await response.read(NOT_OWNER_PEEK_BYTES)
+        if seen is None or NOT_OWNER_CODE not in seen:
+            return _Buffered(response, seen or b""), used
+        response.close()
+        other = route.service if used == MONOLITH else MONOLITH
+        return await self.upstreams[other].send(method, target, forwarded, body, retry=retry), other
+
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole request body, or why not. A client that stalls longer than
         ``body_timeout`` gets 408; one that leaves is the client's business."""
@@ -319,7 +413,7 @@ class Dispatcher:
         self,
         send: Send,
         transport: Any,
-        response: UpstreamResponse,
+        response: UpstreamResponse | _Buffered,
         request_id: str,
         upstream: str,
         *,

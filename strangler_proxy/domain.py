@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 from servicekit import buckets
+from servicekit.buckets import USER_BUCKETS
 from servicekit.errors import RuleViolated
 
 __all__ = [
@@ -103,6 +104,66 @@ def validate_change(mode: str, percent: int | None) -> int:
 def may_change(team: str, route: Route) -> bool:
     """A team moves only the routes it owns; the admin team moves all."""
     return team in (route.owner, ADMIN_TEAM)
+
+
+#: The slot of records that belong to no user (billing's plans): one owner for
+#: the whole table (the apps place them the same way, servicekit.ownership).
+TABLE_SLOT = USER_BUCKETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Ownership:
+    """Who owns a data move's records now, as the data mover reports it
+    (its status's ``ownership``): the buckets below ``service_buckets``, and
+    the records of no user when ``plans_on_service``, are the service's."""
+
+    service_buckets: int = 0
+    plans_on_service: bool = False
+    moving: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any] | None) -> Ownership | None:
+        """None when the mover cannot say (down, or not handing anything over)."""
+        reported = (status or {}).get("ownership") or {}
+        if "service_buckets" not in reported:
+            return None
+        return cls(
+            service_buckets=int(reported["service_buckets"]),
+            plans_on_service=reported.get("plans") == "service",
+            moving=frozenset(int(slot) for slot in reported.get("moving") or ()),
+        )
+
+    def on_service(self, slot: int) -> bool:
+        return self.plans_on_service if slot == TABLE_SLOT else slot < self.service_buckets
+
+
+def owner_of(route: Route, key: str | None, method: str, ownership: Ownership | None) -> str | None:
+    """The upstream that owns the records a request to a data route acts on:
+    a user's by their bucket (the key), the others' by the table's owner.
+
+    None while those records are being handed over and the request writes:
+    it must wait (503 + Retry-After), never land on the side giving them up.
+    Without a word from the mover, the route's mode and percent decide, and
+    an app that does not own the records refuses them (409 ``not_owner``).
+    """
+    assert route.data is not None
+    slot = bucket(route.data, key) if key else TABLE_SLOT
+    if ownership is None:
+        on_service = route.mode == "service" or (
+            route.mode == "canary" and slot != TABLE_SLOT and slot < route.percent
+        )
+    elif slot in ownership.moving and method not in SAFE_METHODS:
+        return None
+    else:
+        on_service = ownership.on_service(slot)
+    return route.service if on_service else MONOLITH
+
+
+def desired_ownership(route: Route) -> tuple[int, str]:
+    """What a data route's mode asks of its move: (service buckets, owner of the rest)."""
+    if route.mode == "service":
+        return USER_BUCKETS, "service"
+    return (route.percent if route.mode == "canary" else 0), MONOLITH
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:

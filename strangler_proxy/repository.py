@@ -173,18 +173,60 @@ class RouteStore:
             after = dataclasses.replace(
                 before, mode=mode, percent=stored_percent, revision=revision
             )
+            self._audit(connection, before, after, actor, reason)
+            if before.data is not None:
+                # A user's records of one data move are one set: every route
+                # that serves them moves with this one (one mode, one percent).
+                self._move_siblings(connection, after, actor, reason)
+        return after
+
+    def _move_siblings(
+        self, connection: sa.Connection, moved: Route, actor: str, reason: str
+    ) -> None:
+        t = orm.routes.c
+        rows = connection.execute(
+            sa.select(orm.routes).where(t.data == moved.data, t.name != moved.name)
+        ).all()
+        for row in rows:
+            before = _route(row._mapping)
+            if (before.mode, before.percent) == (moved.mode, moved.percent):
+                continue
             connection.execute(
-                orm.audit.insert().values(
-                    route=name,
-                    revision=revision,
-                    actor=actor,
-                    at=utcnow(),
-                    before=_audited(as_dict(before)),
-                    after=_audited(as_dict(after)),
-                    reason=reason,
+                orm.routes.update()
+                .where(t.name == before.name)
+                .values(
+                    mode=moved.mode,
+                    percent=moved.percent,
+                    revision=moved.revision,
+                    updated_at=utcnow(),
+                    updated_by=actor,
                 )
             )
-        return after
+            after = dataclasses.replace(
+                before, mode=moved.mode, percent=moved.percent, revision=moved.revision
+            )
+            self._audit(
+                connection,
+                before,
+                after,
+                actor,
+                f"{reason} (with {moved.name}: {moved.data}'s routes move together)",
+            )
+
+    def _audit(
+        self, connection: sa.Connection, before: Route, after: Route, actor: str, reason: str
+    ) -> None:
+        connection.execute(
+            orm.audit.insert().values(
+                route=after.name,
+                revision=after.revision,
+                actor=actor,
+                at=utcnow(),
+                before=_audited(as_dict(before)),
+                after=_audited(as_dict(after)),
+                reason=reason,
+            )
+        )
 
     def recent_history(self, limit: int = 50) -> list[dict[str, Any]]:
         """The audit trail of every route, newest first."""

@@ -17,7 +17,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.extracted.deployment import Deployment, answered, created, deployed, kinds_of
+from servicekit.buckets import bucket
+from tests.extracted.deployment import (
+    Deployment,
+    answered,
+    created,
+    deployed,
+    kinds_of,
+)
 from tests.support.ids import unique, unique_email
 from tests.support.processes import BIN, poll
 
@@ -189,3 +196,112 @@ def _shadows_compared(system: Deployment) -> float:
         for line in metrics.splitlines()
         if line.startswith("strangler_shadow") and 'outcome="match"' in line and "_total" in line
     )
+
+
+def a_user_with_an_invoice(proxy: httpx.Client, plan: dict[str, Any]) -> dict[str, Any]:
+    """A user who subscribes, is invoiced and pays — as that user (X-User-ID)."""
+    user = created(proxy.post("/users", json={"email": unique_email(), "name": "Grace"}))
+    acting = {"X-User-ID": user["id"]}
+    subscription = created(
+        proxy.post(
+            "/billing/subscriptions",
+            json={"user_id": user["id"], "plan_id": plan["id"]},
+            headers=acting,
+        )
+    )
+    invoice = created(
+        proxy.post(
+            "/billing/invoices", json={"subscription_id": subscription["id"]}, headers=acting
+        )
+    )
+    paid = proxy.post(
+        f"/billing/invoices/{invoice['id']}/payments",
+        json={"amount_minor": 2_500, "currency": "EUR"},
+        headers={**acting, "Idempotency-Key": unique("pay")},
+    )
+    assert paid.status_code == 201, paid.text
+    return {"user": user, "invoice": invoice}
+
+
+def ownership(system: Deployment) -> dict[str, Any]:
+    with _admin(system) as admin:
+        return answered(admin.get("/data/billing"))["ownership"]  # type: ignore[no-any-return]
+
+
+def test_writes_follow_their_user_to_the_service_and_back(system: Deployment) -> None:
+    with (
+        httpx.Client(base_url=system.proxy_url, timeout=10) as proxy,
+        httpx.Client(base_url=system.monolith_url, timeout=10) as monolith,
+        httpx.Client(base_url=system.service_url, timeout=10) as service,
+    ):
+        plan = created(
+            proxy.post(
+                "/billing/plans",
+                json={
+                    "code": unique("plan"),
+                    "name": "Pro",
+                    "price_minor": 2_500,
+                    "currency": "EUR",
+                    "interval": "month",
+                },
+            )
+        )
+        assert strangler(system, "data", "start", "billing", "--wait").returncode == 0
+        assert strangler(system, "data", "verify", "billing").returncode == 0
+
+        moved = strangler(system, "set", "billing-invoices", "canary", "50", "-r", "half")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        with _admin(system) as admin:
+            modes = {
+                r["name"]: (r["mode"], r["percent"])
+                for r in answered(admin.get("/routes"))["routes"]
+            }
+        assert all(modes[r] == ("canary", 50) for r in BILLING_ROUTES), modes  # they move together
+        poll(
+            lambda: (o := ownership(system))["service_buckets"] == 50 and o["converged"],
+            timeout=30,
+            message="the fence never handed half of the users over",
+        )
+
+        users = [a_user_with_an_invoice(proxy, plan) for _ in range(8)]
+        on_service = [u for u in users if bucket("billing", u["user"]["id"]) < 50]
+        assert on_service and len(on_service) < len(users), "both halves must be exercised"
+        # Each record was accepted by its owner and reached the other side too.
+        for customer in users:
+            path = f"/billing/invoices/{customer['invoice']['id']}"
+            poll(
+                lambda p=path: service.get(p).status_code == monolith.get(p).status_code == 200,
+                timeout=10,
+                message=f"{path} did not reach both sides",
+            )
+        with sa.create_engine(system.service_db).connect() as connection:
+            announced = {
+                row[0]
+                for row in connection.execute(
+                    sa.text(
+                        "SELECT aggregate_id FROM billing_outbox WHERE event_type = 'InvoiceIssued'"
+                    )
+                )
+            }
+        assert announced == {u["invoice"]["id"] for u in on_service}  # only the owner publishes
+
+        back = strangler(system, "set", "billing-invoices", "monolith", "-r", "roll back")
+        assert back.returncode == 0, back.stderr
+        poll(
+            lambda: (o := ownership(system))["service_buckets"] == 0 and o["converged"],
+            timeout=30,
+            message="the fence never brought the users back",
+        )
+        later = a_user_with_an_invoice(proxy, plan)
+        assert monolith.get(f"/billing/invoices/{later['invoice']['id']}").status_code == 200
+        verified = strangler(system, "data", "verify", "billing")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        for customer in [*users, later]:  # one notification per business event, whoever made it
+            poll(
+                lambda c=customer: (
+                    sorted(kinds_of(monolith, c["user"]["id"]))
+                    == ["invoice_issued", "receipt", "welcome"]
+                ),
+                timeout=15,
+                message=f"notifications of {customer['user']['id']}",
+            )

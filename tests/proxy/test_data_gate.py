@@ -30,6 +30,12 @@ def ready(**changes: Any) -> dict[str, Any]:
         "rows_copied": 1_000,
         "rows_total": 1_000,
         "lag_seconds": 0.05,
+        "sides": ["monolith", "service"],
+        "streams": {
+            "monolith_to_service": {"lag_seconds": 0.05},
+            "service_to_monolith": {"lag_seconds": 0.04},
+        },
+        "ownership": {"service_buckets": 0, "plans": "monolith", "moving": [], "error": None},
         "backfilled_at": (NOW - dt.timedelta(minutes=5)).isoformat(),
         "verdict": {
             "clean": True,
@@ -97,11 +103,17 @@ def test_each_unready_state_refuses_with_its_reason_and_fix(
     assert expected in found[0]
 
 
-def test_a_route_that_writes_stays_until_write_ownership_can_move() -> None:
-    found = reasons(WRITES, ready())
-    assert len(found) == 1
-    assert "accepts writes (POST)" in found[0]
-    assert "only shadow" in found[0]
+def test_a_route_that_writes_may_leave_once_the_reverse_stream_is_proved() -> None:
+    assert reasons(WRITES, ready()) == []
+    not_back = ready(streams={"monolith_to_service": {"lag_seconds": 0.0}})
+    assert reasons(WRITES, not_back) == ["the reverse stream (service to monolith) is not running"]
+    late = ready(streams={"service_to_monolith": {"lag_seconds": 4.0}})
+    assert "is 4.00 s late" in reasons(WRITES, late)[0]
+    old_mover = ready(ownership=None)
+    assert "cannot hand write ownership" in reasons(WRITES, old_mover)[0]
+    assert reasons(READS, old_mover) == []  # a route that only reads needs no handover
+    failed = ready(ownership={**ready()["ownership"], "error": "OperationalError: locked"})
+    assert "the last handover of billing's records failed" in reasons(WRITES, failed)[0]
 
 
 # --- through the admin API -------------------------------------------------------
@@ -146,11 +158,20 @@ def test_the_gate_refuses_then_allows_as_the_data_becomes_ready(gated) -> None: 
     assert len(body["fields"]["gate"]) == 2
     assert set_mode(client, "ledger", "shadow").status_code == 200
 
-    mover.state = ready()
-    assert set_mode(client, "ledger", "canary", 10).status_code == 200
-    still = set_mode(client, "billing", "service")
+    mover.state = ready(streams={})
+    still = set_mode(client, "billing", "canary", 10)
     assert still.status_code == 409
-    assert "accepts writes" in still.json()["message"]
+    assert "reverse stream" in still.json()["message"]
+
+    mover.state = ready()
+    moved = set_mode(client, "billing", "canary", 10)
+    assert moved.status_code == 200
+    routes = {r["name"]: r for r in client.get("/_strangler/routes").json()["routes"]}
+    # billing's routes move together: one mode, one percent
+    assert (routes["ledger"]["mode"], routes["ledger"]["percent"]) == ("canary", 10)
+    assert routes["users"]["mode"] == "monolith"
+    history = client.get("/_strangler/routes/ledger/history").json()
+    assert "billing's routes move together" in history[0]["reason"]
 
 
 def test_the_listing_shows_each_routes_data_and_gate(gated) -> None:  # type: ignore[no-untyped-def]
@@ -162,7 +183,7 @@ def test_the_listing_shows_each_routes_data_and_gate(gated) -> None:  # type: ig
     assert routes["ledger"]["data_state"]["lag_seconds"] == 0.25
     assert routes["ledger"]["data_state"]["verdict"] == "clean"
     assert routes["ledger"]["gate"] == []
-    assert routes["billing"]["gate"] and "accepts writes" in routes["billing"]["gate"][0]
+    assert routes["billing"]["gate"] == []
     assert routes["users"]["data"] is None and routes["users"]["gate"] == []
 
 

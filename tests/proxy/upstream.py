@@ -3,7 +3,8 @@
 It says who it is (``UPSTREAM_NAME``), echoes what it received, and injects
 faults on demand: slow answers (``/slow``, or every answer after
 ``DELAY_SECONDS``), a reset in the middle of a body, any status,
-and "fail everything" while the file named by ``FAIL_FLAG`` exists.
+"fail everything" while the file named by ``FAIL_FLAG`` exists, and a 409
+``not_owner`` under ``/ledger/mine-on-<other>`` (an app refusing records it does not own).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     if path == "/slow":
         time.sleep(float(query.get("seconds", "1")))
         return _json(start_response, 200, {"upstream": NAME, "slow": True})
+    if path.startswith("/ledger/mine-on-") and not path.startswith(f"/ledger/mine-on-{NAME}"):
+        # an app that does not own the records refuses them, as servicekit.ownership does
+        return _json(start_response, 409, {"status": 409, "code": "not_owner", "upstream": NAME})
+    if path.endswith("/conflict"):  # a 409 about something else
+        return _json(start_response, 409, {"status": 409, "code": "conflict", "upstream": NAME})
     if path.startswith("/status/"):
         return _json(start_response, int(path.rsplit("/", 1)[1]), {"upstream": NAME})
     if path == "/cookies":

@@ -1,7 +1,7 @@
 """billing service: write ownership per user bucket, while the data moves
 
 Revision ID: 8d24c6a5e713
-Revises: 1544d55be91f
+Revises: 3bcabff8b409
 Create Date: 2026-11-29 01:00:00.000000
 
 """
@@ -15,7 +15,7 @@ import servicekit.db
 
 # revision identifiers, used by Alembic.
 revision: str = "8d24c6a5e713"
-down_revision: str | Sequence[str] | None = "1544d55be91f"
+down_revision: str | Sequence[str] | None = "3bcabff8b409"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

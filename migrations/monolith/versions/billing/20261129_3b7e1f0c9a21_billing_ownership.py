@@ -1,7 +1,7 @@
 """billing: write ownership per user bucket, while the data moves
 
 Revision ID: 3b7e1f0c9a21
-Revises: 852aed0c1d3f
+Revises: 1348ce13c28c
 Create Date: 2026-11-29 01:00:00.000000
 
 """
@@ -15,7 +15,7 @@ import servicekit.db
 
 # revision identifiers, used by Alembic.
 revision: str = "3b7e1f0c9a21"
-down_revision: str | Sequence[str] | None = "852aed0c1d3f"
+down_revision: str | Sequence[str] | None = "1348ce13c28c"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -56,6 +56,7 @@ bench: install var  ## load: the monolith directly, through the proxy and throug
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(MAKE) bench-data
 
 bench-proxy: bench  ## the same as `make bench`
 
@@ -63,3 +64,8 @@ toggle: install  ## move a route: make toggle ROUTE=billing-invoices MODE=canary
 	@test -n "$(ROUTE)" -a -n "$(MODE)" || (echo "usage: make toggle ROUTE=... MODE=... [PERCENT=...] [REASON=...]"; exit 2)
 	STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler set $(ROUTE) $(MODE) $(PERCENT) --reason "$(or $(REASON),make toggle)"
 	@STRANGLER_TOKEN=$${STRANGLER_TOKEN:-admin-dev-token} $(BIN)/strangler routes
+
+# --- the data mover (issue 7's Speed) ----------------------------------------------
+.PHONY: bench-data
+bench-data: install var  ## the mover vs plain copies on SQLite and PostgreSQL (DATA_ARGS="--invoices 100000")
+	$(BIN)/python bench/data.py $(DATA_ARGS)

@@ -724,7 +724,12 @@ def bench_engine(bed: Bed, args: argparse.Namespace, log_dir: Path) -> dict[str,
                             f"  round {round_}: mover NICE={'0' if nice == 0.0 else 'default'} "
                             f"backfill {seconds:.1f}s ({copied} rows), verification "
                             f"{verdict['seconds']:.1f}s, "
-                            f"{'clean' if verdict['clean'] else 'NOT CLEAN'}",
+                            f"{'clean' if verdict['clean'] else 'NOT CLEAN'}\n"
+                            f"    where it went: "
+                            + ", ".join(
+                                f"{step} {part:.1f}s"
+                                for step, part in run.clock.split(seconds).items()
+                            ),
                             flush=True,
                         )
                         if run.profiler is not None:

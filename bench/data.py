@@ -362,6 +362,7 @@ class ChunkClock:
         self.seconds: dict[str, float] = defaultdict(float)
         self.by_table: dict[str, float] = defaultdict(float)
         self.chunks = 0
+        self._inside: set[str] = set()  # touched by the mover's thread only
         dialect, store = runner.dialect, runner.store
         self._wrap(dialect, "key_after", "key lookup")
         self._wrap(dialect, "copy_range", "copy", per_table=True)
@@ -389,12 +390,15 @@ class ChunkClock:
         real = getattr(owner, attribute)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self._mine():
+            # store.load() calls itself with a connection: time the outer call only.
+            if not self._mine() or step in self._inside:
                 return real(*args, **kwargs)
+            self._inside.add(step)
             started = time.perf_counter()
             try:
                 return real(*args, **kwargs)
             finally:
+                self._inside.discard(step)
                 elapsed = time.perf_counter() - started
                 self.seconds[step] += elapsed
                 if per_table:

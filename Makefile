@@ -56,6 +56,7 @@ bench: install var  ## load: the monolith directly, through the proxy and throug
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(MAKE) bench-data
 
 bench-proxy: bench  ## the same as `make bench`
 
@@ -76,3 +77,8 @@ demo-load: install  ## traffic through the proxy while you watch the dashboard (
 bench-list: install var  ## the invoice list at 100k invoices, before/after, SQLite and PostgreSQL
 	@command -v wrk >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)
 	$(BIN)/python bench/list.py $(BENCH_ARGS)
+
+# --- the data mover (issue 7's Speed) ----------------------------------------------
+.PHONY: bench-data
+bench-data: install var  ## the mover vs plain copies on SQLite and PostgreSQL (DATA_ARGS="--invoices 100000")
+	$(BIN)/python bench/data.py $(DATA_ARGS)

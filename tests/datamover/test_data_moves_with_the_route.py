@@ -53,21 +53,22 @@ def strangler(system: Deployment, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
+def a_plan(proxy: httpx.Client) -> dict[str, Any]:
+    """A plan of 25 EUR a month (a record of no user: the table's owner takes it)."""
+    body = {
+        "code": unique("plan"),
+        "name": "Pro",
+        "price_minor": 2_500,
+        "currency": "EUR",
+        "interval": "month",
+    }
+    return created(proxy.post("/billing/plans", json=body))
+
+
 def a_customer(proxy: httpx.Client) -> dict[str, Any]:
     """A user who subscribed, was invoiced and paid (with an idempotency key)."""
     user = created(proxy.post("/users", json={"email": unique_email(), "name": "Ada"}))
-    plan = created(
-        proxy.post(
-            "/billing/plans",
-            json={
-                "code": unique("plan"),
-                "name": "Pro",
-                "price_minor": 2_500,
-                "currency": "EUR",
-                "interval": "month",
-            },
-        )
-    )
+    plan = a_plan(proxy)
     subscription = created(
         proxy.post("/billing/subscriptions", json={"user_id": user["id"], "plan_id": plan["id"]})
     )
@@ -234,18 +235,7 @@ def test_writes_follow_their_user_to_the_service_and_back(system: Deployment) ->
         httpx.Client(base_url=system.monolith_url, timeout=10) as monolith,
         httpx.Client(base_url=system.service_url, timeout=10) as service,
     ):
-        plan = created(
-            proxy.post(
-                "/billing/plans",
-                json={
-                    "code": unique("plan"),
-                    "name": "Pro",
-                    "price_minor": 2_500,
-                    "currency": "EUR",
-                    "interval": "month",
-                },
-            )
-        )
+        plan = a_plan(proxy)
         assert strangler(system, "data", "start", "billing", "--wait").returncode == 0
         assert strangler(system, "data", "verify", "billing").returncode == 0
 

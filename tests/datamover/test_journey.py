@@ -23,8 +23,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import BACKENDS
 from tests.datamover.test_data_moves_with_the_route import _admin, a_plan, strangler
 from tests.extracted.deployment import Deployment, answered, created, deployed
+from tests.support.databases import fresh_database
 from tests.support.ids import unique, unique_email
 from tests.support.processes import poll
 
@@ -143,9 +145,19 @@ class Shopper(threading.Thread):
                 self.violations.append(f"invoice {invoice_id} shows an older payment state")
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[Deployment]:
-    with deployed(tmp_path, billing_adapter="inprocess", with_service=True) as deployment:
+@pytest.fixture(params=BACKENDS)
+def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """Everything as real processes, on SQLite files or two PostgreSQL databases."""
+    with (
+        fresh_database(request.param, tmp_path, "journey_monolith") as monolith,
+        fresh_database(request.param, tmp_path, "journey_service") as service,
+        deployed(
+            tmp_path,
+            billing_adapter="inprocess",
+            with_service=True,
+            databases=(monolith, service),
+        ) as deployment,
+    ):
         deployment.start_mover(LEASE_SECONDS=1.5, POLL_SECONDS=0.02)
         deployment.start_proxy()
         yield deployment

@@ -36,8 +36,16 @@ class Deployment:
     """The monolith, optionally the billing service and its relay, on loopback."""
 
     def __init__(
-        self, directory: Path, *, billing_adapter: str, with_service: bool, relays: bool = True
+        self,
+        directory: Path,
+        *,
+        billing_adapter: str,
+        with_service: bool,
+        relays: bool = True,
+        databases: tuple[str, str] | None = None,
     ) -> None:
+        """``databases``: the monolith's and the service's URLs (empty ones,
+        e.g. PostgreSQL); SQLite files in ``directory`` when None."""
         self.directory = directory
         self.logs = directory / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -49,9 +57,11 @@ class Deployment:
         self.proxy_url = f"http://127.0.0.1:{self.proxy_port}"
         self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
         self.service_url = f"http://127.0.0.1:{self.service_port}"
-        self.monolith_db = f"sqlite:///{directory / 'monolith.db'}"
         self.service_db_path = directory / "billing_service.db"
-        self.service_db = f"sqlite:///{self.service_db_path}"
+        self.monolith_db, self.service_db = databases or (
+            f"sqlite:///{directory / 'monolith.db'}",
+            f"sqlite:///{self.service_db_path}",
+        )
         migrate("monolith", self.monolith_db)
         self.monolith_env = {
             "MONOLITH_DATABASE_URL": self.monolith_db,
@@ -202,10 +212,19 @@ class Deployment:
 
 @contextlib.contextmanager
 def deployed(
-    directory: Path, *, billing_adapter: str, with_service: bool, relays: bool = True
+    directory: Path,
+    *,
+    billing_adapter: str,
+    with_service: bool,
+    relays: bool = True,
+    databases: tuple[str, str] | None = None,
 ) -> Iterator[Deployment]:
     deployment = Deployment(
-        directory, billing_adapter=billing_adapter, with_service=with_service, relays=relays
+        directory,
+        billing_adapter=billing_adapter,
+        with_service=with_service,
+        relays=relays,
+        databases=databases,
     )
     try:
         yield deployment

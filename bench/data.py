@@ -184,6 +184,9 @@ class SQLiteBed(Bed):
         source = self.workdir / "source.db"
         shutil.copyfile(self.seed, source)
         self.source = f"sqlite:///{source}"
+        # A seed kept from an older checkout lacks the newer migrations (the
+        # ownership table the app now reads): bring the copy up to date.
+        migrate("monolith", self.source)
         self._targets = 0
 
     def fresh_target(self) -> str:

@@ -170,14 +170,7 @@ class Dialect(abc.ABC):
         self, conn: Connection, spec: TableSpec, after: Key | None, step: int
     ) -> Key | None:
         """The key ``step`` rows after ``after`` (None when fewer rows remain)."""
-        where, params = self.where_range(spec, after, None)
-        order = ", ".join(_q(c) for c in spec.key)
-        row = conn.exec_driver_sql(
-            f"SELECT {', '.join(_q(c) for c in spec.key)} FROM {_q(spec.name)} WHERE {where} "
-            f"ORDER BY {order} LIMIT 1 OFFSET {int(step) - 1}",
-            tuple(params),
-        ).first()
-        return tuple(row) if row is not None else None
+        return self.key_position(conn, spec, after, None, step - 1)
 
     def count(
         self, conn: Connection, spec: TableSpec, lo: Key | None = None, hi: Key | None = None

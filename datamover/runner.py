@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -593,23 +594,20 @@ class MoveRunner:
             self._mark_drained(stream, read_at)
             return 0
         stream.oldest_pending = min(row.at for row in rows)
-        latest: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        latest: OrderedDict[tuple[str, Key], list[int]] = OrderedDict()
         for row in rows:  # a key changed twice is applied once, at its last place
-            seqs = latest.pop((row.tbl, row.pk), [])
-            latest[(row.tbl, row.pk)] = [*seqs, row.seq]
+            change = (row.tbl, tuple(json.loads(row.pk)))
+            latest[change] = [*latest.pop(change, []), row.seq]
         specs = {spec.name: spec for spec in self._specs}
-        by_table: dict[str, list[Key]] = {}
-        for table, key_text in latest:
-            by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
         owned = {
             (table, key)
-            for table, keys in self._owned_by_origin(stream, specs, by_table).items()
+            for table, keys in self._owned_by_origin(stream, specs, _by_table(latest)).items()
             for key in keys
         }
-        changes = [c for c in latest if (c[0], tuple(json.loads(c[1]))) in owned]
+        changes = [change for change in latest if change in owned]
         try:
             self._apply(stream, specs, changes)
-            failed: list[tuple[str, str]] = []
+            failed: list[tuple[str, Key]] = []
         except IntegrityError:
             failed = self._apply_one_by_one(stream, specs, changes)
         applied_at = time.time()
@@ -632,11 +630,9 @@ class MoveRunner:
         return len(done)
 
     def _apply(
-        self, stream: Stream, specs: dict[str, TableSpec], changes: list[tuple[str, str]]
+        self, stream: Stream, specs: dict[str, TableSpec], changes: list[tuple[str, Key]]
     ) -> None:
-        by_table: dict[str, list[Key]] = {}
-        for table, key_text in changes:
-            by_table.setdefault(table, []).append(tuple(json.loads(key_text)))
+        by_table = _by_table(changes)
         if not by_table:
             return
         if not stream.fenced:
@@ -652,8 +648,8 @@ class MoveRunner:
             self.dialect.end_applying(target)
 
     def _apply_one_by_one(
-        self, stream: Stream, specs: dict[str, TableSpec], changes: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
+        self, stream: Stream, specs: dict[str, TableSpec], changes: list[tuple[str, Key]]
+    ) -> list[tuple[str, Key]]:
         """Changes that only work in some order (a row freeing a unique value
         another one takes): apply each alone, and again those that failed,
         while that makes progress. What still fails stays in the change table."""
@@ -851,6 +847,14 @@ class MoveRunner:
                 verdict["diverged_count"],
                 verdict["unsettled_count"],
             )
+
+
+def _by_table(changes: Iterable[tuple[str, Key]]) -> dict[str, list[Key]]:
+    """Changed keys grouped by table, in the order they came."""
+    grouped: dict[str, list[Key]] = {}
+    for table, key in changes:
+        grouped.setdefault(table, []).append(key)
+    return grouped
 
 
 def _differing(verdict: dict[str, Any]) -> int:

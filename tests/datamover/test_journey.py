@@ -51,6 +51,9 @@ STEPS = (
 )
 #: Answers that mean "nothing was done, ask again": the fence, a restarting peer.
 TRY_AGAIN = {502, 503, 504}
+#: A keyed payment whose first attempt timed out on the client is still being
+#: processed: a real client waits and asks again with the same key.
+IN_FLIGHT = b"idempotency_key_in_flight"
 
 
 class Shopper(threading.Thread):
@@ -78,7 +81,8 @@ class Shopper(threading.Thread):
             except httpx.TransportError:
                 time.sleep(0.1)
                 continue
-            if response.status_code not in TRY_AGAIN:
+            in_flight = response.status_code == 409 and IN_FLIGHT in response.content
+            if response.status_code not in TRY_AGAIN and not in_flight:
                 return response
             self.held += response.status_code == 503
             time.sleep(float(response.headers.get("Retry-After", "0.1")) / 4)

@@ -81,7 +81,7 @@ bench-list: install var  ## the invoice list at 100k invoices, before/after, SQL
 # --- the journey under load (issue 8's proof) -----------------------------------
 .PHONY: bench-journey
 bench-journey: install var  ## the journey under load, longer (JOURNEY_SECONDS_PER_STEP=20)
-	JOURNEY_SECONDS_PER_STEP=$(or $(JOURNEY_SECONDS_PER_STEP),20) JOURNEY_MAX_CYCLES=$(or $(JOURNEY_MAX_CYCLES),100000) \
+	JOURNEY_BACKENDS=sqlite,postgres JOURNEY_SECONDS_PER_STEP=$(or $(JOURNEY_SECONDS_PER_STEP),20) JOURNEY_MAX_CYCLES=$(or $(JOURNEY_MAX_CYCLES),100000) \
 		$(BIN)/pytest -s -p no:cacheprovider tests/datamover/test_journey.py
 
 # --- the data mover (issue 7's Speed) ----------------------------------------------

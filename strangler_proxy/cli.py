@@ -21,11 +21,18 @@ from servicekit.ports import local_url
 __all__ = ["main"]
 
 DEFAULT_TIMEOUT = 5.0
+#: How often a waiting command asks the proxy again.
+POLL_SECONDS = 0.5
 API = "/_strangler"
 
 
 class Refused(click.ClickException):
     exit_code = 1
+
+    def __init__(self, message: str, status: int | None = None, fields: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.fields = fields or {}
 
 
 class Admin:
@@ -46,7 +53,11 @@ class Admin:
             except ValueError:
                 message, fields = response.text, None
             detail = f" {fields}" if fields else ""
-            raise Refused(f"refused ({response.status_code}): {message}{detail}")
+            raise Refused(
+                f"refused ({response.status_code}): {message}{detail}",
+                response.status_code,
+                fields if isinstance(fields, dict) else None,
+            )
         return response.json()
 
 
@@ -109,9 +120,22 @@ def routes(admin: Admin) -> None:
 @click.argument("percent", type=int, required=False)
 @click.option("--reason", "-r", required=True, help="Why (kept in the history).")
 @click.option("--revision", type=int, help="The route revision you looked at (default: now).")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=0.0,
+    help="While the data gate refuses (copy lagging, say), ask again for up to this many seconds.",
+)
 @click.pass_obj
 def set_mode(
-    admin: Admin, route: str, mode: str, percent: int | None, reason: str, revision: int | None
+    admin: Admin,
+    route: str,
+    mode: str,
+    percent: int | None,
+    reason: str,
+    revision: int | None,
+    wait_seconds: float,
 ) -> None:
     """Set ROUTE to MODE (canary takes a PERCENT)."""
     if revision is None:
@@ -119,7 +143,18 @@ def set_mode(
     body: dict[str, Any] = {"mode": mode, "reason": reason, "revision": revision}
     if percent is not None:
         body["percent"] = percent
-    changed = admin.call("PATCH", f"/routes/{route}", json=body)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            changed = admin.call("PATCH", f"/routes/{route}", json=body)
+            break
+        except Refused as refusal:
+            # Only the data gate's refusals can clear by themselves (a lag
+            # falls, a backfill ends); every other refusal is final.
+            if "gate" not in refusal.fields or time.monotonic() >= deadline:
+                raise
+            click.echo(f"waiting: {'; '.join(refusal.fields['gate'])}", err=True)
+            time.sleep(POLL_SECONDS)
     shown = f"canary {changed['percent']}%" if changed["mode"] == "canary" else changed["mode"]
     click.echo(f"{route}: {shown} (revision {changed['revision']})")
 
@@ -167,7 +202,6 @@ def mismatches(admin: Admin, route: str, limit: int) -> None:
 
 #: How long `strangler data verify` waits for a verdict before giving up.
 DEFAULT_VERIFY_WAIT = 600.0
-POLL_SECONDS = 0.5
 BAR_WIDTH = 30
 
 

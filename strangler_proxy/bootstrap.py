@@ -48,6 +48,7 @@ class Proxy:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
+        self._closed = False
         self.worker = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.engine = create_engine(settings["DATABASE_URL"])
         self.store = RouteStore(self.engine)
@@ -113,6 +114,7 @@ class Proxy:
             canary_header=str(settings["CANARY_HEADER"]),
             canary_cookie=str(settings["CANARY_COOKIE"]),
             trusted_peers=frozenset(filter(None, str(settings["TRUSTED_PEERS"]).split(","))),
+            on_shutdown=self.close,
         )
         self.control = ControlLoop(
             worker=self.worker,
@@ -144,6 +146,10 @@ class Proxy:
         return self.control.rates()
 
     def close(self) -> None:
+        """Stop the worker's background work, writing what is pending (once)."""
+        if self._closed:
+            return
+        self._closed = True
         self.control.stop()
         self.shadower.close()
         self.admin_bridge.close()

@@ -43,6 +43,9 @@ DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 #: The header block must arrive within this many seconds (else 408 and close);
 #: nginx's client_header_timeout is 60 s, a proxy on a LAN can ask for less.
 DEFAULT_HEADER_TIMEOUT = 10.0
+#: A client that reads none of its answer for this many seconds is cut off
+#: (nginx's send_timeout, 60 s): it would hold an upstream connection forever.
+DEFAULT_SEND_TIMEOUT = 30.0
 
 
 def defaults() -> dict[str, Any]:
@@ -82,6 +85,7 @@ def defaults() -> dict[str, Any]:
         "BODY_TIMEOUT": DEFAULT_BODY_TIMEOUT,
         "MAX_HEADER_BYTES": DEFAULT_MAX_HEADER_BYTES,
         "HEADER_TIMEOUT": DEFAULT_HEADER_TIMEOUT,
+        "SEND_TIMEOUT": DEFAULT_SEND_TIMEOUT,
         "ACCESS_LOG": True,
     }
 

@@ -106,7 +106,16 @@ class ControlLoop:
                     self.flush()
             except Exception:  # a database hiccup must not end the worker's polling
                 logger.exception("route table poll failed")
+        self.flush_last()
+
+    def flush_last(self) -> None:
+        """A stopping worker writes what its last requests left behind: their
+        log lines and metrics, and their counts in the shared traffic table."""
         self.recorder.flush()
+        try:
+            self.store.add_traffic(self.worker, self.traffic.take())
+        except Exception:  # the database may be what is going away
+            logger.exception("could not store the last traffic counts")
 
     def follow_ownership(self) -> None:
         """Learn who owns each data move's records (the dispatcher routes by

@@ -116,6 +116,7 @@ class Dispatcher:
         canary_header: str,
         canary_cookie: str,
         trusted_peers: frozenset[str],
+        on_shutdown: Callable[[], None],
     ) -> None:
         self.routes = routes
         self.owners = owners
@@ -128,10 +129,11 @@ class Dispatcher:
         self.canary_header = canary_header.lower().encode("latin-1")
         self.canary_cookie = canary_cookie.encode("latin-1") + b"="
         self.trusted_peers = trusted_peers
+        self.on_shutdown = on_shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, self.on_shutdown)
             return
         if scope["type"] != "http":
             return  # no websockets: the server refuses the upgrade
@@ -541,11 +543,14 @@ async def _error(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _lifespan(receive: Receive, send: Send, on_shutdown: Callable[[], None]) -> None:
+    """The server says when the worker stops (its connections are done by
+    then): the records of its last requests are written before it goes."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            on_shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return

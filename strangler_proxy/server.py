@@ -4,8 +4,10 @@ that runs the (WSGI, Flask) admin app on a thread.
 
 On top of uvicorn's protocol: the request target exactly as sent (uvicorn
 keeps only the parsed path, which hides absolute-form targets and
-fragments), a limit on the header block (431), and a deadline for the header
-block (a slow client holds a socket, never a worker: the loop serves others).
+fragments), a limit on the header block (431), a deadline for the header
+block (a slow client holds a socket, never a worker: the loop serves others),
+and one for a client that stops reading its answer (its connection is cut, so
+the upstream connection it held is let go).
 """
 
 from __future__ import annotations
@@ -29,17 +31,40 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     max_header_bytes = config.DEFAULT_MAX_HEADER_BYTES
     header_timeout = config.DEFAULT_HEADER_TIMEOUT
+    send_timeout = config.DEFAULT_SEND_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_send_timer()
         super().connection_lost(exc)
+
+    # The transport pauses us when the client's socket buffer is full: only
+    # then is a clock started, so a reading client costs no timer at all.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout, self._stopped_reading)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_timer()
+        super().resume_writing()
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _stopped_reading(self) -> None:
+        self._send_timer = None
+        self.transport.abort()  # connection_lost wakes the response that waits to write
 
     def data_received(self, data: bytes) -> None:
         if not self._refused:
@@ -101,13 +126,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
 
 def protocol_for(settings: dict[str, Any]) -> type[ProxyHttpProtocol]:
-    """The protocol class with the header budget and deadline of ``settings``."""
+    """The protocol class with the header budget and deadlines of ``settings``."""
     return type(
         "ConfiguredProxyHttpProtocol",
         (ProxyHttpProtocol,),
         {
             "max_header_bytes": int(settings["MAX_HEADER_BYTES"]),
             "header_timeout": float(settings["HEADER_TIMEOUT"]),
+            "send_timeout": float(settings["SEND_TIMEOUT"]),
         },
     )
 
@@ -121,7 +147,7 @@ def server_settings(settings: dict[str, Any]) -> dict[str, Any]:
         "loop": "uvloop",
         "http": protocol_for(settings),
         "ws": "none",
-        "lifespan": "off",
+        "lifespan": "on",  # the dispatcher writes its last records at shutdown
         "proxy_headers": False,
         "server_header": False,
         "date_header": False,

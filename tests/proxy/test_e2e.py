@@ -4,6 +4,7 @@ requests on the wire, upstream faults and auto-demotion."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import socket
 import time
@@ -11,7 +12,9 @@ import time
 import httpx
 import pytest
 
+from servicekit.db import create_engine
 from strangler_proxy.cli import main as strangler
+from strangler_proxy.repository import RouteStore
 from tests.proxy.conftest import TOKENS, serve_proxy, start_upstream
 from tests.support.databases import fresh_database, migrate
 from tests.support.processes import free_port, poll
@@ -319,3 +322,33 @@ def test_a_failing_service_is_demoted_to_the_monolith(tmp_path, proxy_database, 
     finally:
         server.stop()
         billing.stop()
+
+
+# --- shutdown ------------------------------------------------------------------
+
+
+def test_a_stopping_worker_writes_its_last_requests(tmp_path, proxy_database, upstreams):
+    """Records are written every FLUSH_SECONDS; a worker stopped in between
+    still logs and counts the requests it served (gunicorn's worker_exit)."""
+    server = serve_proxy(
+        tmp_path,
+        proxy_database,
+        upstreams.monolith.url,
+        upstreams.billing.url,
+        workers=1,
+        FLUSH_SECONDS=3600,
+    )
+    try:
+        for number in range(5):
+            headers = {"X-Request-ID": f"last-{number}"}
+            assert fresh_get(server.url + "/billing/x", headers=headers).status_code == 200
+        assert "rid=last-" not in server.log()  # nothing flushed yet: the hour has not passed
+    finally:
+        server.stop()
+    assert not server.alive()
+    logged = {f"last-{n}" for n in range(5) if f"rid=last-{n}" in server.log()}
+    assert logged == {f"last-{n}" for n in range(5)}
+    engine = create_engine(proxy_database)
+    counted = RouteStore(engine).traffic_since(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    engine.dispose()
+    assert counted["billing"]["requests"] == 5

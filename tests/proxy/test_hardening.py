@@ -9,6 +9,7 @@ gunicorn worker uses) in front of a raw upstream that records what it heard.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import time
@@ -334,3 +335,22 @@ def test_a_slow_reader_is_waited_for_and_not_held_against_the_upstream(make_prox
 
     assert received > size  # the whole body (and its chunk framing) arrived
     assert proxy.upstreams["monolith"].breaker._failures == 0
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(make_proxy):
+    proxy = make_proxy(SEND_TIMEOUT=0.5)
+    size = 50_000_000
+    with socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=10) as connection:
+        connection.sendall(b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+
+        def recorded() -> str:
+            text = proxy.metrics.render().decode()
+            return text if 'status="499"' in text else ""
+
+        poll(recorded, message="the proxy kept waiting on a client that never reads")
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := connection.recv(1 << 20):
+                received += len(chunk)
+    assert received < size  # cut off: what was in flight, then the end
+    assert proxy.upstreams["monolith"].breaker.state == "closed"

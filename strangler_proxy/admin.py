@@ -19,7 +19,7 @@ from strangler_proxy.config import hash_token
 from strangler_proxy.datagate import reasons_to_stay
 from strangler_proxy.domain import ADMIN_TEAM, MODES, Route, may_change
 from strangler_proxy.metrics import CONTENT_TYPE_LATEST
-from strangler_proxy.repository import as_dict
+from strangler_proxy.repository import UNCHANGED, as_dict
 
 if TYPE_CHECKING:
     from strangler_proxy.bootstrap import Proxy
@@ -41,6 +41,10 @@ class RouteSchema(ma.Schema):
     percent = ma.fields.Integer()
     fallback = ma.fields.Boolean()
     ignore = ma.fields.List(ma.fields.String())
+    shadow_sample = ma.fields.Float(
+        allow_none=True,
+        metadata={"description": "Share of safe requests shadowed; null: the proxy's default"},
+    )
     data = ma.fields.String(
         allow_none=True, metadata={"description": "The data move whose records the route serves"}
     )
@@ -68,6 +72,14 @@ class ChangeSchema(ma.Schema):
     mode = ma.fields.String(required=True, validate=ma.validate.OneOf(MODES))
     percent = ma.fields.Integer(validate=ma.validate.Range(0, 100), allow_none=True)
     reason = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1000))
+    shadow_sample = ma.fields.Float(
+        validate=ma.validate.Range(0.0, 1.0),
+        allow_none=True,
+        metadata={
+            "description": "Shadow this share of safe requests (null: the default); "
+            "absent: unchanged"
+        },
+    )
     revision = ma.fields.Integer(
         required=True, metadata={"description": "The route's revision the change is based on"}
     )
@@ -211,6 +223,7 @@ def _blueprint(proxy: Proxy) -> Blueprint:
                 expected_revision=change["revision"],
                 actor=g.team,
                 reason=change["reason"],
+                shadow_sample=change.get("shadow_sample", UNCHANGED),
             )
             proxy.refresh()
             return as_dict(changed)

@@ -93,7 +93,7 @@ def routes(admin: Admin) -> None:
         [
             r["name"],
             r["mode"],
-            f"{r['percent']}%" if r["mode"] == "canary" else "-",
+            _share(r),
             r["pattern"],
             r["owner"],
             f"{r['rate']:.1f}/s",
@@ -121,6 +121,11 @@ def routes(admin: Admin) -> None:
 @click.option("--reason", "-r", required=True, help="Why (kept in the history).")
 @click.option("--revision", type=int, help="The route revision you looked at (default: now).")
 @click.option(
+    "--shadow-sample",
+    type=click.FloatRange(0.0, 1.0),
+    help="Shadow this share of the route's safe requests (default: the proxy's SHADOW_SAMPLE).",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     type=float,
@@ -135,6 +140,7 @@ def set_mode(
     percent: int | None,
     reason: str,
     revision: int | None,
+    shadow_sample: float | None,
     wait_seconds: float,
 ) -> None:
     """Set ROUTE to MODE (canary takes a PERCENT)."""
@@ -143,6 +149,8 @@ def set_mode(
     body: dict[str, Any] = {"mode": mode, "reason": reason, "revision": revision}
     if percent is not None:
         body["percent"] = percent
+    if shadow_sample is not None:
+        body["shadow_sample"] = shadow_sample
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -339,6 +347,15 @@ def _describe(status: dict[str, Any]) -> str:
     if status.get("waiting_for_lease"):
         lines.append(f"  waiting for the lease held by {status['waiting_for_lease']}")
     return "\n".join(lines)
+
+
+def _share(route: dict[str, Any]) -> str:
+    """A canary's percent, or the share of a shadowed route's reads copied."""
+    if route["mode"] == "canary":
+        return f"{route['percent']}%"
+    if route["mode"] == "shadow" and route.get("shadow_sample") is not None:
+        return f"{route['shadow_sample'] * 100:g}% shadowed"
+    return "-"
 
 
 def _data_column(route: dict[str, Any]) -> str:

@@ -327,10 +327,11 @@ class Dispatcher:
             and method in SHADOWED_METHODS
             and route.service in self.upstreams
         )
-        if shadow and not self.shadower.wanted():
+        if shadow:
             assert route is not None
-            self.shadower.skipped(route)
-            shadow = False
+            if not self.shadower.wanted(route.shadow_sample):
+                self.shadower.skipped(route)
+                shadow = False
         note, captured = await self._stream(
             send, scope.get(TRANSPORT), response, request_id, used, capture=shadow
         )

@@ -37,6 +37,7 @@ __all__ = [
     "may_change",
     "normalise_path",
     "validate_change",
+    "validate_sample",
 ]
 
 MODES = ("monolith", "shadow", "canary", "service")
@@ -68,6 +69,8 @@ class Route:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     #: The data move whose records this route serves; it gates leaving the monolith.
     data: str | None = None
+    #: The share of its safe requests shadowed (None: the proxy's SHADOW_SAMPLE).
+    shadow_sample: float | None = None
     revision: int = 0
     changed_at: dt.datetime | None = dataclasses.field(default=None, compare=False)
 
@@ -86,6 +89,13 @@ class Route:
         if self.mode == "canary" and bucket(self.name, key) < self.percent:
             return self.service
         return MONOLITH
+
+
+def validate_sample(sample: float | None) -> float | None:
+    """A route's shadow sample: a share from 0 to 1, or None for the default."""
+    if sample is not None and not 0.0 <= sample <= 1.0:
+        raise RuleViolated("a shadow sample is a share from 0 to 1", shadow_sample=[sample])
+    return sample
 
 
 def validate_change(mode: str, percent: int | None) -> int:

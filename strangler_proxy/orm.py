@@ -34,6 +34,8 @@ routes = sa.Table(
     sa.Column("ignore", sa.JSON, nullable=False),
     # The data move the route's records travel with (None: no data gate).
     sa.Column("data", sa.String(100), nullable=True),
+    # The share of safe requests shadowed (None: the proxy's SHADOW_SAMPLE).
+    sa.Column("shadow_sample", sa.Float, nullable=True),
     sa.Column("revision", sa.Integer, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(100), nullable=False),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,11 +17,25 @@ from sqlalchemy.engine import Engine
 from servicekit.db import reader, utcnow
 from servicekit.errors import Conflict, NotFound, RuleViolated
 from strangler_proxy import orm
-from strangler_proxy.domain import DEFAULT_IGNORE, Route, RouteTable, validate_change
+from strangler_proxy.domain import (
+    DEFAULT_IGNORE,
+    Route,
+    RouteTable,
+    validate_change,
+    validate_sample,
+)
 
-__all__ = ["RouteStore", "StaleRevision", "load_route_file", "validate_change"]
+__all__ = ["UNCHANGED", "RouteStore", "StaleRevision", "load_route_file", "validate_change"]
 
 SEED_ACTOR = "seed"
+
+
+class _Unchanged(enum.Enum):
+    UNCHANGED = "unchanged"
+
+
+#: A setting a change leaves as it is.
+UNCHANGED = _Unchanged.UNCHANGED
 
 
 class StaleRevision(Conflict):
@@ -46,6 +61,7 @@ def load_route_file(path: str | Path) -> list[Route]:
                 fallback=bool(item.get("fallback", True)),
                 ignore=tuple(item.get("ignore", DEFAULT_IGNORE)),
                 data=item.get("data"),
+                shadow_sample=validate_sample(item.get("shadow_sample")),
             )
         )
     return routes
@@ -63,6 +79,7 @@ def as_dict(route: Route) -> dict[str, Any]:
         "fallback": route.fallback,
         "ignore": list(route.ignore),
         "data": route.data,
+        "shadow_sample": route.shadow_sample,
         "revision": route.revision,
     }
 
@@ -133,10 +150,14 @@ class RouteStore:
         expected_revision: int,
         actor: str,
         reason: str,
+        shadow_sample: float | _Unchanged | None = UNCHANGED,
     ) -> Route:
-        """Set a route's mode; refused when ``expected_revision`` is not the
-        route's current one (someone changed it since the caller looked)."""
+        """Set a route's mode (and, if given, its shadow sample); refused when
+        ``expected_revision`` is not the route's current one (someone changed
+        it since the caller looked)."""
         stored_percent = validate_change(mode, percent)
+        if shadow_sample is not UNCHANGED:
+            validate_sample(shadow_sample)
         if not reason.strip():
             raise RuleViolated("a change needs a reason", reason=["required"])
         with self.engine.begin() as connection:
@@ -144,6 +165,7 @@ class RouteStore:
             if row is None:
                 raise NotFound(f"no route named {name!r}")
             before = _route(row._mapping)
+            sample = before.shadow_sample if shadow_sample is UNCHANGED else shadow_sample
             if before.revision != expected_revision:
                 raise StaleRevision(
                     f"route {name!r} is at revision {before.revision}, "
@@ -163,6 +185,7 @@ class RouteStore:
                 .values(
                     mode=mode,
                     percent=stored_percent,
+                    shadow_sample=sample,
                     revision=revision,
                     updated_at=utcnow(),
                     updated_by=actor,
@@ -171,7 +194,7 @@ class RouteStore:
             if changed != 1:  # someone else won between our read and our write
                 raise StaleRevision(f"route {name!r} changed concurrently: look again and retry")
             after = dataclasses.replace(
-                before, mode=mode, percent=stored_percent, revision=revision
+                before, mode=mode, percent=stored_percent, shadow_sample=sample, revision=revision
             )
             self._audit(connection, before, after, actor, reason)
             if before.data is not None:
@@ -346,7 +369,10 @@ class RouteStore:
 
 
 def _audited(route: Any) -> dict[str, Any]:
-    return {key: route[key] for key in ("mode", "percent", "revision")}
+    audited = {key: route[key] for key in ("mode", "percent", "revision")}
+    if route["shadow_sample"] is not None:  # shown only on the routes that have one
+        audited["shadow_sample"] = route["shadow_sample"]
+    return audited
 
 
 def _route(row: Any) -> Route:
@@ -361,6 +387,7 @@ def _route(row: Any) -> Route:
         fallback=row["fallback"],
         ignore=tuple(row["ignore"]),
         data=row["data"],
+        shadow_sample=row["shadow_sample"],
         revision=row["revision"],
         changed_at=row["updated_at"],
     )

@@ -84,11 +84,13 @@ class Shadower:
         self._thread.daemon = True
         self._thread.start()
 
-    def wanted(self) -> bool:
-        """Take this request's copy? (sampling and the in-flight bound)"""
+    def wanted(self, sample: float | None = None) -> bool:
+        """Take this request's copy? (the route's sample, else the default,
+        and the in-flight bound)"""
         if self.in_flight >= self.limit:
             return False
-        return self.sample >= 1.0 or random.random() < self.sample
+        share = self.sample if sample is None else sample
+        return share >= 1.0 or random.random() < share
 
     def send(
         self,

@@ -157,11 +157,12 @@ def set_mode(
     *,
     token: str = TOKENS["admin"],
     reason: str = "test",
+    **settings: Any,
 ) -> httpx.Response:
     """Move a route through the admin API, based on its current revision."""
     auth = {"Authorization": f"Bearer {token}"}
     revision = client.get(f"/_strangler/routes/{route}", headers=auth).json()["revision"]
-    body: dict[str, Any] = {"mode": mode, "reason": reason, "revision": revision}
+    body: dict[str, Any] = {"mode": mode, "reason": reason, "revision": revision, **settings}
     if percent is not None:
         body["percent"] = percent
     return client.patch(f"/_strangler/routes/{route}", json=body, headers=auth)

@@ -335,3 +335,34 @@ def test_shadow_copies_are_sampled_and_bounded(make_proxy):
 
     assert 'strangler_shadow_total{outcome="skipped",route="differs"} 2.0' in metrics
     assert 'outcome="mismatch"' not in metrics
+
+
+def test_a_route_samples_its_shadow_copies_of_its_own(make_proxy):
+    """A busy route shadows a share of its reads; a quiet one all of them,
+    whatever the proxy's default — and a later move keeps the route's share."""
+    proxy = make_proxy(SHADOW_SAMPLE=0.0)
+    admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
+    with client_for(proxy) as client:
+        assert set_mode(client, "differs", "shadow", shadow_sample=1.5).status_code == 422
+        assert set_mode(client, "differs", "shadow", shadow_sample=1.0).status_code == 200
+        assert set_mode(client, "differs", "shadow", reason="again").status_code == 200
+        assert (
+            client.get("/_strangler/routes/differs", headers=admin).json()["shadow_sample"] == 1.0
+        )
+        assert client.get("/differs/really").json()["total"] == 10
+        poll(
+            lambda: (
+                'strangler_shadow_total{outcome="mismatch",route="differs"} 1.0'
+                in client.get("/_strangler/metrics").text
+            ),
+            message="the route's own sample did not shadow its request",
+        )
+        assert set_mode(client, "differs", "shadow", shadow_sample=None).status_code == 200
+        client.get("/differs/really")
+        poll(
+            lambda: (
+                'strangler_shadow_total{outcome="skipped",route="differs"} 1.0'
+                in client.get("/_strangler/metrics").text
+            ),
+            message="back to the default sample (none), the request was still shadowed",
+        )

@@ -57,6 +57,32 @@ def test_a_change_bumps_the_revision_and_is_audited(store):
     assert latest["after"] == {"mode": "canary", "percent": 25, "revision": 2}
 
 
+def test_a_shadow_sample_is_kept_across_moves_and_audited(store):
+    route = store.load().routes[0]
+    sampled = store.change(
+        route.name,
+        mode="shadow",
+        percent=None,
+        expected_revision=route.revision,
+        actor="admin",
+        reason="a tenth of the reads",
+        shadow_sample=0.1,
+    )
+    moved = store.change(
+        route.name,
+        mode="canary",
+        percent=10,
+        expected_revision=sampled.revision,
+        actor="admin",
+        reason="on",
+    )
+    assert moved.shadow_sample == 0.1
+    assert store.load().by_name[route.name].shadow_sample == 0.1
+    latest = store.history(route.name, limit=2)
+    assert latest[0]["after"]["shadow_sample"] == 0.1
+    assert latest[1]["before"] == {"mode": "monolith", "percent": 0, "revision": 1}
+
+
 def test_a_change_based_on_a_stale_revision_is_refused(store):
     store.change(
         "billing", mode="shadow", percent=None, expected_revision=1, actor="a", reason="one"

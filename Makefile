@@ -51,7 +51,7 @@ clean:  ## remove the virtualenv and local databases
 	rm -rf $(VENV) var
 
 # --- the strangler proxy (docs/02-put-the-proxy-in-front.md) ---------------------
-.PHONY: bench bench-proxy toggle browser demo-load
+.PHONY: bench bench-proxy toggle browser demo-load demo
 bench: install var  ## load: the monolith directly, through the proxy and through nginx
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
@@ -69,8 +69,11 @@ browser:  ## install Debian's chromium for the dashboard's browser tests (once)
 	@test -x /usr/bin/chromium || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-demo-load: install  ## traffic through the proxy while you watch the dashboard (DURATION=120)
-	$(BIN)/python bench/demo_load.py --seconds $(or $(DURATION),120) $(LOAD_ARGS)
+demo-load: install  ## shoppers through the proxy while you watch the dashboard (DURATION=120)
+	$(BIN)/python -m demo.loadgen --seconds $(or $(DURATION),120) $(LOAD_ARGS)
+
+demo: install var  ## the whole journey under load, step by step (AUTO=1: straight through)
+	$(BIN)/python -m demo $(if $(AUTO),--auto) $(DEMO_ARGS)
 
 # --- the billing lists (keyset pagination) ----------------------------------------
 .PHONY: bench-list

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export MONOLITH_PORT ?= 8001
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate seed test lint boundaries fuzz clean
+.PHONY: help install run migrate seed test lint boundaries fuzz clean diagrams
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: lint  ## lint, then every test (PostgreSQL ones skip only outside CI)
 
 fuzz: install  ## explore the monolith's API with random inputs (FUZZ_EXAMPLES per operation)
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) $(BIN)/pytest -q tests/integration/test_fuzz_never_500.py
+
+diagrams: install  ## redraw the chapters' pictures (docs/img/NN-*.svg) from docs/diagrams.py
+	$(BIN)/python docs/diagrams.py
 
 clean:  ## remove the virtualenv and local databases
 	rm -rf $(VENV) var

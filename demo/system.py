@@ -142,17 +142,29 @@ class System:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """End every process group we started, by its PID."""
+        """End every process group we started, by its PID, and wait until each
+        group is empty (the shell a line runs in goes before its server does)."""
         for process in self.processes.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+            _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            while _group_alive(process.pid) and time.monotonic() < deadline:
+                process.poll()  # reap the leader, so that only the rest of its group counts
+                time.sleep(0.05)
+            if _group_alive(process.pid):
+                _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
         self.processes.clear()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, free_port, poll
+from tests.support.processes import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -55,9 +55,10 @@ def nothing_listens(ports: list[str]) -> bool:
 
 
 def test_the_demo_walks_the_journey_and_prints_its_counts(tmp_path: Path) -> None:
-    run, _ = demo(tmp_path / "demo", "--auto")
+    run, ports = demo(tmp_path / "demo", "--auto")
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 0, output
+    assert nothing_listens(ports), "the demo exited before every process it started had"
     counts = COUNTS.search(output)
     assert counts, output
     requests, errors, rows, verdict = counts.groups()
@@ -79,4 +80,4 @@ def test_an_interrupted_demo_stops_every_process_it_started(tmp_path: Path) -> N
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 130, "".join(lines) + output
-    poll(lambda: nothing_listens(ports), timeout=15, message="a process outlived the demo")
+    assert nothing_listens(ports), "the demo exited before every process it started had"

@@ -289,8 +289,10 @@ class Demo:
             check=False,
         )
         for line in (done.stdout + done.stderr).splitlines():
-            if not line.startswith("waiting:"):  # the gate's refusals while a copy catches up
-                say(f"   {line.split(chr(13))[-1]}")
+            shown_line = line.split("\r")[-1]  # a progress bar's last state
+            # "waiting:" lines are the gate's refusals while a copy catches up.
+            if shown_line.strip() and not shown_line.startswith("waiting:"):
+                say(f"   {shown_line}")
         if check and done.returncode != 0:
             raise RuntimeError(f"`strangler {shown}` failed")
         return done

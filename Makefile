@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export MONOLITH_PORT ?= 8001
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate seed test lint boundaries fuzz clean
+.PHONY: help install run migrate seed test lint boundaries fuzz clean diagrams
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,11 +47,14 @@ test: lint  ## lint, then every test (PostgreSQL ones skip only outside CI)
 fuzz: install  ## explore the monolith's API with random inputs (FUZZ_EXAMPLES per operation)
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) $(BIN)/pytest -q tests/integration/test_fuzz_never_500.py
 
+diagrams: install  ## redraw the chapters' pictures (docs/img/NN-*.svg) from docs/diagrams.py
+	$(BIN)/python docs/diagrams.py
+
 clean:  ## remove the virtualenv and local databases
 	rm -rf $(VENV) var
 
 # --- the strangler proxy (docs/02-put-the-proxy-in-front.md) ---------------------
-.PHONY: bench bench-proxy toggle browser demo-load
+.PHONY: bench bench-proxy toggle browser demo-load demo
 bench: install var  ## load: the monolith directly, through the proxy and through nginx
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
@@ -69,8 +72,11 @@ browser:  ## install Debian's chromium for the dashboard's browser tests (once)
 	@test -x /usr/bin/chromium || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-demo-load: install  ## traffic through the proxy while you watch the dashboard (DURATION=120)
-	$(BIN)/python bench/demo_load.py --seconds $(or $(DURATION),120) $(LOAD_ARGS)
+demo-load: install  ## shoppers through the proxy while you watch the dashboard (DURATION=120)
+	$(BIN)/python -m demo.loadgen --seconds $(or $(DURATION),120) $(LOAD_ARGS)
+
+demo: install var  ## the whole journey under load, step by step (AUTO=1: straight through)
+	$(BIN)/python -m demo $(if $(AUTO),--auto) $(DEMO_ARGS)
 
 # --- the billing lists (keyset pagination) ----------------------------------------
 .PHONY: bench-list

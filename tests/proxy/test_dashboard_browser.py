@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.demo_load import Load
+from demo.loadgen import Load
 from servicekit.db import create_engine
 from strangler_proxy.repository import RouteStore
 from tests.proxy.conftest import TOKENS, Upstreams, serve_proxy, set_mode

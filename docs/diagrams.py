@@ -20,7 +20,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 IMG = Path(__file__).resolve().parent / "img"
-WIDTH, HEIGHT = 760, 350
+WIDTH, HEIGHT = 800, 350
 #: A caption's line, in characters (11 px Helvetica is ~6 px a character).
 CAPTION_CHARS = 120
 FONT = "Helvetica, Arial, sans-serif"

@@ -41,8 +41,8 @@ lint: install  ## ruff and the import contracts
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: lint  ## lint, then every test (PostgreSQL ones skip only outside CI)
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+test: lint  ## lint, then every test, the tutorial's commands too (PostgreSQL ones skip only outside CI)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 fuzz: install  ## explore the monolith's API with random inputs (FUZZ_EXAMPLES per operation)
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) $(BIN)/pytest -q tests/integration/test_fuzz_never_500.py

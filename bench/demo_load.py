@@ -5,7 +5,7 @@ Each request carries an ``X-User-ID`` drawn from a pool of users, so a canary
 sends its share of them to the service. It stops after ``--seconds`` (or
 ``max_requests``) on its own: a forgotten generator never runs forever.
 
-    .venv/bin/python bench/demo_load.py [--url http://127.0.0.1:8000] [--seconds 120]
+    .venv/bin/python bench/demo_load.py [--url http://127.0.0.1:$PROXY_PORT] [--seconds 120]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from types import TracebackType
 
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from servicekit.ports import local_url
+
 DEFAULT_PATHS = ("/billing/invoices?page=1&page_size=5", "/billing/plans")
 DEFAULT_RATE = 20.0  # requests per second, all threads together
 DEFAULT_USERS = 500
@@ -101,11 +102,13 @@ class Load:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=DEFAULT_URL)
+    # The proxy of `make run`, wherever PROXY_PORT put it.
+    parser.add_argument("--url", help="default: the proxy at PROXY_PORT")
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE)
     parser.add_argument("--path", action="append", dest="paths")
     args = parser.parse_args()
+    args.url = args.url or local_url("proxy")
     load = Load(args.url, args.paths or DEFAULT_PATHS, rate=args.rate, seconds=args.seconds)
     print(f"sending ~{args.rate:g} req/s to {args.url} for {args.seconds:g} s (Ctrl-C stops)")
     with load:

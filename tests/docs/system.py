@@ -85,7 +85,7 @@ class System:
 
     def __init__(self, repository: Path, logs: Path) -> None:
         self.repository = repository
-        self.ports = {name: _free_port_other_than(default) for name, default in DEFAULT_PORTS.items()}
+        self.ports = {name: _free_port_not_a_default() for name in DEFAULT_PORTS}
         self.env = reader_environment(self.ports)
         self.process = Process("make-run", ["make", "run"], self.env, logs, cwd=repository)
 
@@ -127,9 +127,9 @@ def running_system(repository: Path, logs: Path) -> Iterator[System]:
         system.stop()
 
 
-def _free_port_other_than(default: int) -> int:
+def _free_port_not_a_default() -> int:
     port = free_port()
-    while port in DEFAULT_PORTS.values() or port == default:
+    while port in DEFAULT_PORTS.values():
         port = free_port()
     return port
 

@@ -20,6 +20,7 @@ from tests.docs.markdown import COMMAND_LANGUAGES, blocks_of
 from tests.docs.runner import run_document
 from tests.docs.shell import Shell
 from tests.docs.system import System, copy_of_repository, running_system
+from tests.support import postgres
 from tests.support.processes import ROOT
 
 README = ROOT / "README.md"
@@ -79,6 +80,7 @@ def _died(system: System) -> str | None:
 @pytest.fixture(scope="module")
 def chapters_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """A clone with ``make run`` up, shared by the chapters in order."""
+    postgres.require_postgres()  # chapter 3 migrates a PostgreSQL database
     repository = copy_of_repository(tmp_path_factory.mktemp("chapters") / "strangler")
     with running_system(repository, tmp_path_factory.mktemp("chapters-logs")) as system:
         yield system

@@ -34,6 +34,8 @@ HEALTH_PATHS = {
     "billing": "/health",
     "mover": "/health",
 }
+#: The copy's commit needs an author, and no signing key.
+GIT_SETTINGS = ("user.name=docs", "user.email=docs@127.0.0.1", "commit.gpgsign=false")
 #: Settings of the outer environment that must not leak into the reader's shell.
 DEPLOYABLE_PREFIXES = ("MONOLITH_", "BILLING_", "PROXY_", "MOVER_", "STRANGLER_", "VIRTUAL_ENV")
 
@@ -59,7 +61,7 @@ def copy_of_repository(destination: Path) -> Path:
         # make would otherwise reinstall into the shared .venv, pointing it at the copy.
         mtime = stamp.stat().st_mtime
         os.utime(destination / "pyproject.toml", (mtime, mtime))
-    git = ["git", "-c", "user.name=docs", "-c", "user.email=docs@127.0.0.1"]
+    git = ["git"] + [option for setting in GIT_SETTINGS for option in ("-c", setting)]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the clone"]):
         subprocess.run([*git, *command], cwd=destination, check=True, capture_output=True)
     return destination

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export MONOLITH_PORT ?= 8001
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate seed test lint boundaries fuzz clean diagrams
+.PHONY: help install run migrate seed test docs-test lint boundaries fuzz clean diagrams
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,11 @@ lint: install  ## ruff and the import contracts
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: lint  ## lint, then every test (PostgreSQL ones skip only outside CI)
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+test: lint  ## lint, then every test, the tutorial's commands too (PostgreSQL ones skip only outside CI)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+docs-test: install  ## only the tutorial: every command block of README.md and docs/NN-*.md
+	$(BIN)/pytest -p no:cacheprovider tests/docs $(PYTEST_ARGS)
 
 fuzz: install  ## explore the monolith's API with random inputs (FUZZ_EXAMPLES per operation)
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) $(BIN)/pytest -q tests/integration/test_fuzz_never_500.py

@@ -1,0 +1,102 @@
+"""The tutorial is tested: every command block of README.md and docs/NN-*.md runs.
+
+The README runs on a fresh ``make run`` of its own (a newcomer's first five
+minutes); the chapters run in order, each in one bash session, on one
+``make run`` that they take from the monolith to wherever the last chapter
+leaves it. Both use ports other than the defaults. The conventions
+(illustrative blocks, expected output) are in docs/README.md; each block left
+out by them is reported below as a skipped test with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.docs.markdown import COMMAND_LANGUAGES, blocks_of
+from tests.docs.runner import run_document
+from tests.docs.shell import Shell
+from tests.docs.system import System, copy_of_repository, running_system
+from tests.support import postgres
+from tests.support.processes import ROOT
+
+README = ROOT / "README.md"
+CHAPTERS = sorted((ROOT / "docs").glob("[0-9][0-9]-*.md"))
+DOCUMENTS = [README, *CHAPTERS]
+#: One worker runs them all, in order (`make test` distributes by --dist loadgroup).
+ONE_WORKER = pytest.mark.xdist_group("tutorial")
+
+
+def _illustrative() -> list[object]:
+    params: list[object] = []
+    for path in DOCUMENTS:
+        with contextlib.suppress(ValueError):  # test_every_document_is_readable says why
+            params += [
+                pytest.param(f"{block.where}: {block.illustrative}", id=block.where)
+                for block in blocks_of(path)
+                if block.illustrative is not None and block.language in COMMAND_LANGUAGES
+            ]
+    return params
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=[path.name for path in DOCUMENTS])
+def test_every_document_is_readable(path: Path) -> None:
+    """No output that a reader would take for checked goes unchecked."""
+    blocks_of(path)
+
+
+def test_the_other_documents_have_no_command_to_run() -> None:
+    """Commands live in the README and the chapters, where they are run."""
+    others = sorted(set((ROOT / "docs").glob("*.md")) - set(CHAPTERS))
+    runnable = [block.where for path in others for block in blocks_of(path) if block.runs]
+    assert not runnable, f"command blocks outside README.md and docs/NN-*.md: {runnable}"
+
+
+@pytest.mark.parametrize("reason", _illustrative())
+def test_an_illustrative_block_is_skipped_by_rule(reason: str) -> None:
+    pytest.skip(f"illustrative {reason}")
+
+
+def _run(path: Path, system: System, scripts: Path) -> None:
+    shell = Shell(system.repository, system.env, scripts)
+    try:
+        report = run_document(path, shell, still_up=lambda: _died(system))
+    finally:
+        shell.close()
+    print(report.summary())  # shown with -s, and on failure
+    if report.failure:
+        pytest.fail(report.failure, pytrace=False)
+
+
+def _died(system: System) -> str | None:
+    if system.alive():
+        return None
+    return f"make run exited (a process died and honcho stopped the others):\n{system.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def chapters_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """A clone with ``make run`` up, shared by the chapters in order."""
+    postgres.require_postgres()  # chapter 3 migrates a PostgreSQL database
+    repository = copy_of_repository(tmp_path_factory.mktemp("chapters") / "strangler")
+    with running_system(repository, tmp_path_factory.mktemp("chapters-logs")) as system:
+        yield system
+
+
+@pytest.mark.e2e
+@ONE_WORKER
+def test_the_readme_gets_a_newcomer_to_a_route_move(tmp_path: Path) -> None:
+    repository = copy_of_repository(tmp_path / "strangler")
+    (tmp_path / "logs").mkdir()
+    with running_system(repository, tmp_path / "logs") as system:
+        _run(README, system, tmp_path / "scripts")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
+@pytest.mark.e2e
+@ONE_WORKER
+def test_a_chapter_runs_as_written(chapter: Path, chapters_system: System, tmp_path: Path) -> None:
+    _run(chapter, chapters_system, tmp_path / "scripts")

@@ -34,13 +34,14 @@ from sqlalchemy.orm import Session
 
 from servicekit.buckets import USER_BUCKETS, bucket
 from servicekit.db import UTCDateTime, reader
-from servicekit.errors import Conflict, DependencyUnavailable, RuleViolated
+from servicekit.errors import Conflict, DependencyUnavailable, Gone, RuleViolated
 
 __all__ = [
     "ACTING_USER_HEADER",
     "MONOLITH",
     "MOVING",
     "OWNED",
+    "RETIRED",
     "SERVICE",
     "SLOTS",
     "TABLE_SLOT",
@@ -49,6 +50,7 @@ __all__ = [
     "NotOwner",
     "OwnershipGuard",
     "OwnershipMoving",
+    "Retired",
     "acting_scope",
     "bucket",
     "ownership_table",
@@ -62,6 +64,10 @@ TABLE_SLOT = USER_BUCKETS
 SLOTS = tuple(range(USER_BUCKETS + 1))
 MONOLITH, SERVICE = "monolith", "service"
 OWNED, MOVING = "owned", "moving"
+#: The state of every slot on the side a module was decommissioned from.
+RETIRED = "retired"
+#: The table Alembic keeps in every database it migrated.
+MIGRATED_MARK = "alembic_version"
 #: Seconds a client (the proxy) should wait before retrying a moving slot.
 RETRY_AFTER_SECONDS = 1
 
@@ -116,6 +122,13 @@ class OwnershipMoving(DependencyUnavailable):
         self.headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
+class Retired(Gone):
+    """This side gave the module up for good (decommissioned): ask its new home."""
+
+    code = "decommissioned"
+    remembered = False
+
+
 class ActingUserRequired(RuleViolated):
     code = "acting_user_required"
     remembered = False
@@ -134,8 +147,11 @@ class OwnershipGuard:
         table_paths: tuple[str, ...] = (),
     ) -> None:
         """``table_paths``: path prefixes whose records belong to no user (slot 100)."""
+        self._engine = engine
         self._reads = reader(engine)
         self._table = table
+        # Decommissioning is one-way: once seen, never asked again.
+        self._retired = False
         self._side = side
         self._group = group
         self._table_paths = table_paths
@@ -156,17 +172,69 @@ class OwnershipGuard:
         slot = self.slot_for(request.method, request.path, user)
         _acting_user.set(user)
         _acting_slot.set(slot)
-        with self._reads.connect() as connection:
-            if slot is None:
-                if request.method not in ("GET", "HEAD", "OPTIONS") and self._moving_data(
-                    connection
-                ):
-                    raise ActingUserRequired(
-                        f"{ACTING_USER_HEADER} is required while {self._group}'s data moves: "
-                        "a write must name the user whose records it changes"
-                    )
-                return
-            self._check(connection, slot, lock=False)
+        if self._retired:
+            raise self._gone()
+        try:
+            with self._reads.connect() as connection:
+                if slot is None:
+                    self._admit_unplaced(connection)
+                else:
+                    self._check(connection, slot, lock=False)
+        except sa.exc.DBAPIError:
+            if self.archived():  # the decommission's migration took the tables away
+                raise self._gone() from None
+            raise
+
+    def _admit_unplaced(self, connection: sa.Connection) -> None:
+        """A request that names no user: reads are served from this side's copy."""
+        first = connection.execute(sa.select(self._table.c.state).limit(1)).first()
+        if first is None:
+            return  # no move under way
+        if first.state == RETIRED:
+            self._retired = True
+            raise self._gone()
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            raise ActingUserRequired(
+                f"{ACTING_USER_HEADER} is required while {self._group}'s data moves: "
+                "a write must name the user whose records it changes"
+            )
+
+    # --- decommissioned -----------------------------------------------------------
+
+    def retired(self) -> bool:
+        """Whether this side gave the module up for good: its ownership rows
+        say ``retired`` (the decision), or its tables are archived already."""
+        if self._retired:
+            return True
+        try:
+            with self._reads.connect() as connection:
+                row = connection.execute(
+                    sa.select(self._table.c.slot).where(self._table.c.state == RETIRED).limit(1)
+                ).first()
+        except sa.exc.DBAPIError:
+            row = None
+            if not self.archived():
+                raise
+            self._retired = True
+        self._retired = self._retired or row is not None
+        return self._retired
+
+    def archived(self) -> bool:
+        """Whether the module's tables have left this migrated database (the
+        ownership table is one of them). A database no migration has run on
+        yet is not archived: it is empty."""
+        with self._engine.connect() as connection:
+            inspector = sa.inspect(connection)
+            gone = not inspector.has_table(self._table.name) and inspector.has_table(MIGRATED_MARK)
+        self._retired = self._retired or gone
+        return gone
+
+    def _gone(self) -> Retired:
+        return Retired(
+            f"{self._group} moved to its own service and was decommissioned here; "
+            f"send {self._group}'s requests to the service (the proxy does)",
+            side=self._side,
+        )
 
     def _forget(self, _error: BaseException | None) -> None:
         _acting_user.set(None)
@@ -190,9 +258,6 @@ class OwnershipGuard:
 
     # --- the check ----------------------------------------------------------------
 
-    def _moving_data(self, connection: sa.Connection) -> bool:
-        return connection.execute(sa.select(self._table.c.slot).limit(1)).first() is not None
-
     def _check(self, connection: sa.Connection, slot: int, *, lock: bool) -> None:
         t = self._table
         query = sa.select(t.c.owner, t.c.state, t.c.epoch).where(t.c.slot == slot)
@@ -204,6 +269,9 @@ class OwnershipGuard:
         if row is None:
             return  # no move under way: this side owns everything
         what = "records of no user" if slot == TABLE_SLOT else f"bucket {slot}'s records"
+        if row.state == RETIRED:
+            self._retired = True
+            raise self._gone()
         if row.state == MOVING:
             raise OwnershipMoving(
                 f"{self._group}'s {what} are moving between the monolith and the service; "

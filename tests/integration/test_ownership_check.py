@@ -80,9 +80,7 @@ def test_the_bucket_formula_is_pinned_for_the_proxy_and_the_apps():
     assert len({bucket("billing", user) for user in users}) > 90  # and they spread
 
 
-def test_a_side_that_gave_billing_up_for_good_answers_410(
-    monolith: Flask, client
-) -> None:
+def test_a_side_that_gave_billing_up_for_good_answers_410(monolith: Flask, client) -> None:
     """The decommission's decision (every slot ``retired``): billing's routes
     answer 410 Gone, with or without an acting user, reads too (the e2e test
     tests/datamover/test_decommission.py goes on to the archive)."""

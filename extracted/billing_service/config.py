@@ -13,8 +13,8 @@ from servicekit.httpclient import (
     DEFAULT_READ_RETRIES,
     DEFAULT_READ_TIMEOUT,
 )
-from servicekit.ports import local_url
 from servicekit.idempotency import DEFAULT_LOCK_TIMEOUT
+from servicekit.ports import local_url
 from servicekit.web import DEFAULT_MAX_BODY_BYTES, openapi_settings
 
 ENV_PREFIX = "BILLING_SERVICE"

@@ -28,13 +28,14 @@ import contextvars
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from servicekit.buckets import USER_BUCKETS, bucket
 from servicekit.db import UTCDateTime, reader
 from servicekit.errors import Conflict, DependencyUnavailable, Gone, RuleViolated
+from servicekit.web import error_response
 
 __all__ = [
     "ACTING_USER_HEADER",
@@ -162,6 +163,15 @@ class OwnershipGuard:
         """Check every request of ``blueprint`` before its view runs."""
         blueprint.before_request(self._admit)
         blueprint.teardown_request(self._forget)
+        blueprint.register_error_handler(sa.exc.DBAPIError, self._archived_meanwhile)
+
+    def _archived_meanwhile(self, error: sa.exc.DBAPIError) -> Response:
+        """A view's query failed: 410 if the tables were archived (a read that
+        names no user is not checked beforehand), the error otherwise."""
+        if not self.archived():
+            raise error
+        gone = self._gone()
+        return error_response(410, gone.message, code=gone.code, fields=gone.details)
 
     def _admit(self) -> None:
         user = request.headers.get(ACTING_USER_HEADER) or None
@@ -174,6 +184,11 @@ class OwnershipGuard:
         _acting_slot.set(slot)
         if self._retired:
             raise self._gone()
+        if slot is None and request.method in ("GET", "HEAD", "OPTIONS"):
+            # Served from this side's copy, with no query of ours (lists are
+            # measured by the statement); once the tables are archived, the
+            # read itself fails and is told apart below.
+            return
         try:
             with self._reads.connect() as connection:
                 if slot is None:
@@ -186,18 +201,17 @@ class OwnershipGuard:
             raise
 
     def _admit_unplaced(self, connection: sa.Connection) -> None:
-        """A request that names no user: reads are served from this side's copy."""
+        """A write that names no user."""
         first = connection.execute(sa.select(self._table.c.state).limit(1)).first()
         if first is None:
             return  # no move under way
         if first.state == RETIRED:
             self._retired = True
             raise self._gone()
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            raise ActingUserRequired(
-                f"{ACTING_USER_HEADER} is required while {self._group}'s data moves: "
-                "a write must name the user whose records it changes"
-            )
+        raise ActingUserRequired(
+            f"{ACTING_USER_HEADER} is required while {self._group}'s data moves: "
+            "a write must name the user whose records it changes"
+        )
 
     # --- decommissioned -----------------------------------------------------------
 

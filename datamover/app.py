@@ -4,6 +4,9 @@ commands are its clients).
 
 - ``GET /moves``, ``GET /moves/<name>``: phase, progress, lag, last verdict;
 - ``POST /moves/<name>/start|stop|verify``: signed, like every internal call;
+- ``POST /moves/<name>/complete``: signed; the decommission (refused,
+  409 with each reason, until the service owns everything and a clean
+  verification began after the last handover);
 - ``POST /moves/<name>/ownership``: signed; the ownership wanted, which the
   fence converges both databases to (status: ``ownership``);
 - ``GET /metrics``: Prometheus; ``/health``, ``/ready`` as every deployable.
@@ -142,6 +145,12 @@ def _blueprints(runners: dict[str, MoveRunner], metrics: Metrics) -> tuple[Bluep
         """Start a verification; its verdict appears in the move's status."""
         requested = _runner(runners, name).request_verification()
         return {"move": name, "requested_at": requested}, 202
+
+    @commands.post("/moves/<name>/complete")
+    def complete(name: str) -> dict[str, Any]:
+        """End the journey: the service owns the records for good, capture stops,
+        the monolith's tables are archived (refused, with the reasons, until safe)."""
+        return _runner(runners, name).complete()
 
     @commands.route("/moves/<name>/ownership")
     class Ownership(MethodView):

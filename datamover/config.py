@@ -26,6 +26,12 @@ DEFAULT_VERIFY_EVERY_SECONDS = 300.0
 DEFAULT_VERIFY_RANGE_ROWS = 10_000
 #: How often a running move checks that both schemas still match.
 DEFAULT_SCHEMA_CHECK_SECONDS = 5.0
+#: Where the decommission's Alembic environment is (`strangler data complete`
+#: applies the archive revision of the source's database with it).
+DEFAULT_ALEMBIC_CONFIG = "alembic.ini"
+DEFAULT_DECOMMISSION_ENVIRONMENT = "monolith_decommission"
+#: How long the archive migration may take before complete gives up on it.
+DEFAULT_ARCHIVE_TIMEOUT = 120.0
 
 
 def _sqlite(path: str) -> str:
@@ -45,6 +51,10 @@ def defaults() -> dict[str, Any]:
         "VERIFY_EVERY_SECONDS": DEFAULT_VERIFY_EVERY_SECONDS,
         "VERIFY_RANGE_ROWS": DEFAULT_VERIFY_RANGE_ROWS,
         "SCHEMA_CHECK_SECONDS": DEFAULT_SCHEMA_CHECK_SECONDS,
+        # Empty: complete records the decision and stops; the archive is run by hand.
+        "ALEMBIC_CONFIG": os.path.abspath(DEFAULT_ALEMBIC_CONFIG),
+        "DECOMMISSION_ENVIRONMENT": DEFAULT_DECOMMISSION_ENVIRONMENT,
+        "ARCHIVE_TIMEOUT": DEFAULT_ARCHIVE_TIMEOUT,
         # "k2:secret,k1:old-secret": commands must be signed by one of these
         # (the proxy signs them). Empty means the development key, with a warning.
         "INTERNAL_KEYS": "",

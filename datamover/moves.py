@@ -32,6 +32,9 @@ class Move:
     target_side: str
     #: Whose slot each table's records are in; a table not named is slot 100's.
     belongs: dict[str, Belongs] = dataclasses.field(default_factory=dict)
+    #: The revision of the decommission's Alembic environment that archives the
+    #: source's tables once the move is completed (None: archived by hand).
+    archive_revision: str | None = None
 
     @property
     def ownership_table(self) -> str:
@@ -59,6 +62,7 @@ BILLING = Move(
         # Keys made without an acting user (before any move) are slot 100's.
         "billing_idempotency_keys": Belongs(user_in_key="scope"),
     },
+    archive_revision="billing_archive",
 )
 
 MOVES: dict[str, Move] = {move.name: move for move in (BILLING,)}

@@ -31,6 +31,7 @@ either side may have accepted writes by then).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +49,7 @@ from servicekit.errors import DependencyUnavailable
 from servicekit.ownership import (
     MOVING,
     OWNED,
+    RETIRED,
     SLOTS,
     TABLE_SLOT,
     USER_BUCKETS,
@@ -154,6 +156,21 @@ class OwnershipStore:
                             for slot in missing
                         ],
                     )
+
+    def last_changed(self, side: str) -> dt.datetime | None:
+        """When a slot last changed hands or state in ``side``'s database."""
+        with self._readers[side].connect() as connection:
+            return connection.execute(sa.select(sa.func.max(self._table.c.changed_at))).scalar()
+
+    def retire(self, side: str, owner: str) -> None:
+        """In ``side``'s database: every slot ``owner``'s for good (the decommission).
+
+        Under the same locks as a handover: it waits for every write that
+        checked a slot, and from its commit on that side answers 410 Gone."""
+        with self._writers[side].begin() as connection:
+            connection.execute(
+                self._table.update().values(owner=owner, state=RETIRED, changed_at=utcnow())
+            )
 
     def mark_moving(self, slots: Sequence[int]) -> None:
         for side in self.sides:

@@ -35,6 +35,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -55,6 +57,7 @@ from datamover.schema import SchemaMismatch, TableSpec, matching_tables
 from datamover.state import DONE, LeaseHeld, LeaseLost, MoveState, StateStore
 from datamover.verify import VerificationCancelled, Verifier
 from servicekit.errors import Conflict
+from servicekit.ownership import USER_BUCKETS
 
 __all__ = ["MoveRunner", "Refused", "Tuning"]
 
@@ -89,6 +92,9 @@ class Tuning:
         self.verify_every = float(settings["VERIFY_EVERY_SECONDS"])
         self.verify_range_rows = int(settings["VERIFY_RANGE_ROWS"])
         self.schema_check = float(settings["SCHEMA_CHECK_SECONDS"])
+        self.alembic_config = str(settings.get("ALEMBIC_CONFIG") or "")
+        self.decommission_environment = str(settings.get("DECOMMISSION_ENVIRONMENT") or "")
+        self.archive_timeout = float(settings.get("ARCHIVE_TIMEOUT") or 120.0)
 
 
 @dataclasses.dataclass
@@ -131,6 +137,7 @@ class MoveRunner:
         self, move: Move, source_url: str, target_url: str, tuning: Tuning, metrics: Metrics
     ) -> None:
         self.move = move
+        self.source_url = source_url
         self.tuning = tuning
         self.metrics = metrics
         self.dialect = dialect_for(source_url, target_url)
@@ -208,6 +215,7 @@ class MoveRunner:
             self.store.acquire(self.holder, self.tuning.lease)
             if self.running:
                 return self.status()
+            self._refuse_if_completed("start")
             specs = self._check_schema()
             state = self.store.load()
             if state.phase not in phases.RUNNING_PHASES:
@@ -253,6 +261,7 @@ class MoveRunner:
     def stop(self) -> dict[str, Any]:
         """Stop capturing: the copy stops following the source (a restart re-copies)."""
         with self._lock:
+            self._refuse_if_completed("stop")
             # Only the lease holder may take capture away from under a move.
             self.store.acquire(self.holder, self.tuning.lease)
             actual = self.fence.actual()
@@ -277,6 +286,7 @@ class MoveRunner:
 
     def request_verification(self) -> float:
         """Ask for a verification; returns the time from which its verdict counts."""
+        self._refuse_if_completed("verify")
         state = self.store.load()
         if not self.running or state.phase not in phases.RUNNING_PHASES:
             raise Refused(
@@ -296,6 +306,7 @@ class MoveRunner:
 
     def set_ownership(self, service_buckets: int, plans: str) -> dict[str, Any]:
         """Ask for an ownership; the fence converges both databases to it."""
+        self._refuse_if_completed("hand ownership over")
         state = self.store.load()
         if state.phase != phases.STREAMING or not self.running:
             raise Refused(
@@ -305,6 +316,136 @@ class MoveRunner:
         self.store.save_goal(service_buckets, plans)
         self._ownership_wanted.set()
         return self.status()
+
+    def complete(self) -> dict[str, Any]:
+        """End the journey: the target owns everything for good.
+
+        Refused unless the target owns every slot (nothing moving) and a clean
+        verification began after the last handover. Then: the decision is
+        recorded in the source's database (every slot ``retired``: its app
+        answers 410 from that commit on), both streams and capture stop, the
+        move is ``completed``, and the source's tables are archived by the
+        decommission's migration. Asked again, it only retries the archive.
+        """
+        with self._lock:
+            if self.store.load().phase != phases.COMPLETED:
+                self.store.acquire(self.holder, self.tuning.lease)
+                reasons = self._reasons_not_to_complete()
+                if reasons:
+                    raise Refused(
+                        f"{self.move.name} cannot be completed: " + "; ".join(reasons),
+                        reasons=reasons,
+                    )
+                # Whatever either side committed before now is across (the
+                # source owns nothing, so its stream should carry nothing).
+                if not self.wait_for_capture(time.time()):
+                    raise Refused(
+                        f"the streams of {self.move.name} did not catch up in time; try again"
+                    )
+                self._halt()  # the fence's thread too: nothing hands a slot back now
+                self._cancel_verification.set()
+                with self._verify_lock:
+                    self._cancel_verification.clear()
+                source, target = self.move.source_side, self.move.target_side
+                self.ownership.retire(source, target)
+                for changes in (self.source, self.target_writer):
+                    with changes.begin() as connection:
+                        self.dialect.remove_capture(connection, self.move.tables)
+                with self.target.begin() as connection:
+                    self.store.complete(connection)
+                logger.info(
+                    "move %s completed: the %s owns its records for good; capture removed",
+                    self.move.name,
+                    target,
+                )
+            completion = self.store.load_completion()
+            if completion is None or completion.archived_at is None:
+                self.store.archived(error=self._archive_source())
+            return self.status()
+
+    def _reasons_not_to_complete(self) -> list[str]:
+        """Why the move may not be completed now, each with what fixes it."""
+        name = self.move.name
+        state = self.store.load()
+        if state.phase != phases.STREAMING or not self.running:
+            return [
+                f"the move is {state.phase}, not streaming: nothing proves the "
+                f"{self.move.target_side}'s copy (`strangler data start {name}`)"
+            ]
+        reasons = []
+        actual = self.fence.actual()
+        target = self.move.target_side
+        if (
+            actual["service_buckets"] < USER_BUCKETS
+            or actual["plans"] != target
+            or actual["moving"]
+        ):
+            reasons.append(
+                f"the {target} owns {actual['service_buckets']}/{USER_BUCKETS} buckets and the "
+                f"records of no user are the {actual['plans']}'s: set {name}'s routes to "
+                f"service and wait for the handover (`strangler set <route> service`, then "
+                f"`strangler data status`)"
+            )
+        verdict = state.verdict
+        handed_at = self.ownership.last_changed(target)
+        fix = f"run `strangler data verify {name}`"
+        if verdict is None:
+            reasons.append(f"the copy has not been verified: {fix}")
+        elif not verdict.get("clean"):
+            reasons.append(f"the last verification was not clean: {fix} to see the rows")
+        elif handed_at is not None and dt.datetime.fromisoformat(verdict["started_at"]) < handed_at:
+            reasons.append(
+                f"the last clean verification began before the last handover; "
+                f"prove the copy as it is now: {fix}"
+            )
+        return reasons
+
+    def _archive_source(self) -> str | None:
+        """Apply the decommission's archive revision to the source's database;
+        the error, or None. In a process of its own: the migration is the
+        source app's, run with its own Alembic environment, not this one's code."""
+        environment = self.tuning.decommission_environment
+        revision = self.move.archive_revision
+        if not (self.tuning.alembic_config and environment and revision):
+            return "no archive migration is configured: archive the tables by hand"
+        command = [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            self.tuning.alembic_config,
+            "-n",
+            environment,
+            "-x",
+            f"url={self.source_url}",
+            "upgrade",
+            revision,
+        ]
+        try:
+            ran = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=self.tuning.archive_timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the archive migration did not run: {exc}"
+        if ran.returncode != 0:
+            lines = [line for line in ran.stderr.strip().splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit status {ran.returncode}"
+            logger.error("move %s: the archive migration failed: %s", self.move.name, reason)
+            return f"the archive migration failed: {reason}"
+        logger.info("move %s: the %s's tables are archived", self.move.name, self.sides[0])
+        return None
+
+    def _refuse_if_completed(self, what: str) -> None:
+        if self.store.load().phase == phases.COMPLETED:
+            raise Refused(
+                f"move {self.move.name} is completed: the {self.move.target_side} owns its "
+                f"records for good and the {self.move.source_side}'s copy is archived; "
+                f"nothing to {what}"
+            )
 
     def close(self) -> None:
         self._cancel_verification.set()
@@ -347,7 +488,8 @@ class MoveRunner:
                 stream.name: {"lag_seconds": None if unavailable else self._lag(state, stream)}
                 for stream in self.streams
             },
-            "ownership": self._ownership_status(),
+            "ownership": self._ownership_status(state.phase),
+            "completed": self._completion(),
             "backfilled_at": _iso(state.backfilled_at),
             "verifying": self._verify_asked > self._verify_done,
             "verdict": state.verdict,
@@ -368,7 +510,34 @@ class MoveRunner:
             return None
         return stream.lag(time.time())
 
-    def _ownership_status(self) -> dict[str, Any]:
+    def _completion(self) -> dict[str, Any] | None:
+        try:
+            completion = self.store.load_completion()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            return None
+        if completion is None:
+            return None
+        return {
+            "at": _iso(completion.completed_at),
+            "archived_at": _iso(completion.archived_at),
+            "archive_error": completion.archive_error,
+        }
+
+    def _ownership_status(self, phase: str) -> dict[str, Any]:
+        if phase == phases.COMPLETED:
+            # The source's ownership table is archived: the target's for good.
+            target = self.move.target_side
+            return {
+                "service_buckets": USER_BUCKETS,
+                "plans": target,
+                "moving": [],
+                "desired": USER_BUCKETS,
+                "desired_plans": target,
+                "converged": True,
+                "completed": True,
+                "last_handover": self.fence.last_handover,
+                "error": None,
+            }
         try:
             goal = self.store.load_goal()
             actual = self.fence.actual()

@@ -22,6 +22,7 @@ from servicekit.errors import Conflict
 
 __all__ = [
     "DONE",
+    "Completion",
     "LeaseHeld",
     "LeaseLost",
     "MoveState",
@@ -34,8 +35,10 @@ __all__ = [
 DONE = "done"
 
 IDLE, BACKFILL, STREAMING, STOPPED, FAILED = "idle", "backfill", "streaming", "stopped", "failed"
+#: The journey's end: the target owns everything for good, the source's copy is archived.
+COMPLETED = "completed"
 RUNNING_PHASES = (BACKFILL, STREAMING)
-ALL_PHASES = (IDLE, BACKFILL, STREAMING, STOPPED, FAILED)
+ALL_PHASES = (IDLE, BACKFILL, STREAMING, STOPPED, FAILED, COMPLETED)
 
 _metadata = sa.MetaData()
 moves_table = sa.Table(
@@ -62,6 +65,23 @@ goals_table = sa.Table(
     sa.Column("plans", sa.String(20), nullable=False),
     sa.Column("set_at", sa.Float, nullable=False),
 )
+
+#: A move that was completed: when, and how its source's archive went.
+completions_table = sa.Table(
+    "strangler_completions",
+    _metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("completed_at", sa.Float, nullable=False),
+    sa.Column("archived_at", sa.Float, nullable=True),
+    sa.Column("archive_error", sa.Text, nullable=True),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    completed_at: float
+    archived_at: float | None
+    archive_error: str | None
 
 
 class LeaseHeld(Conflict):
@@ -216,3 +236,29 @@ class StateStore:
                 sa.select(t.c.service_buckets, t.c.plans).where(t.c.name == self._name)
             ).first()
         return None if row is None else (int(row.service_buckets), str(row.plans))
+
+    def complete(self, connection: Connection) -> None:
+        """Record the completion, in the transaction that ends the move."""
+        t = completions_table
+        connection.execute(t.delete().where(t.c.name == self._name))
+        connection.execute(t.insert().values(name=self._name, completed_at=time.time()))
+        self.update(connection, phase=COMPLETED, holder=None, lease_until=None)
+
+    def archived(self, *, error: str | None) -> None:
+        t = completions_table
+        with self._engine.begin() as connection:
+            connection.execute(
+                t.update()
+                .where(t.c.name == self._name)
+                .values(archived_at=None if error else time.time(), archive_error=error)
+            )
+
+    def load_completion(self) -> Completion | None:
+        t = completions_table
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(t.c.completed_at, t.c.archived_at, t.c.archive_error).where(
+                    t.c.name == self._name
+                )
+            ).first()
+        return None if row is None else Completion(*row)

@@ -42,8 +42,11 @@ TRY_AGAIN = frozenset({502, 503, 504})
 #: processed: a real client waits and asks again with the same key.
 IN_FLIGHT = b"idempotency_key_in_flight"
 #: How long a shopper keeps asking again before it calls the answer an error:
-#: under a full test suite on 2 cores a payment was seen in flight for over 5 s.
-GIVE_UP_SECONDS = 30.0
+#: long enough for a killed service to restart under a full test suite on 2 cores.
+GIVE_UP_SECONDS = 45.0
+#: A shopper's backoff between two attempts, doubling up to MAX_PAUSE (a
+#: ``Retry-After`` is followed instead, a quarter of it: the fence is short).
+FIRST_PAUSE, MAX_PAUSE = 0.02, 0.5
 #: The newest invoices a shopper checks on each read (its list is newest first).
 CHECKED = 50
 #: A breath between a shopper's cycles: bounded load on two shared cores.
@@ -109,21 +112,28 @@ class Shopper(threading.Thread):
         self.random = random.Random()
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send until the answer is not "try again" (503 from the fence and the like)."""
+        """Send until the answer is not "try again" (503 from the fence, a 502
+        while the service restarts, a key still in flight, a connection cut by
+        a killed proxy worker), backing off as a real client does; give up
+        after ``GIVE_UP_SECONDS``."""
         response = None
         deadline = time.monotonic() + GIVE_UP_SECONDS
+        pause = FIRST_PAUSE
         while time.monotonic() < deadline:
             self.sent += 1
             try:
                 response = self.client.request(method, path, **kwargs)
             except httpx.TransportError:
-                time.sleep(0.1)
+                time.sleep(pause)
+                pause = min(MAX_PAUSE, pause * 2)
                 continue
             in_flight = response.status_code == 409 and IN_FLIGHT in response.content
             if response.status_code not in TRY_AGAIN and not in_flight:
                 return response
             self.held += response.status_code == 503
-            time.sleep(float(response.headers.get("Retry-After", "0.1")) / 4)
+            told = response.headers.get("Retry-After")
+            time.sleep(float(told) / 4 if told else pause)
+            pause = min(MAX_PAUSE, pause * 2)
         shown = "no answer" if response is None else str(response.status_code)
         raise Unexpected(f"{method} {path} kept answering {shown}")
 

@@ -34,6 +34,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         max_attempts=int(app.config["EVENTS_MAX_ATTEMPTS"]),
         deliver_eagerly=bool(app.config["EVENTS_DELIVER_EAGERLY"]),
         billing_service=_billing_service(app.config, keyring),
+        billing_service_later=_billing_service_later(app.config, keyring),
     )
     app.extensions[EXTENSION] = system
 
@@ -66,5 +67,13 @@ def _billing_service(config: Mapping[str, Any], keyring: Keyring) -> HttpClient 
     if adapter not in ADAPTERS:
         raise ValueError(f"MONOLITH_BILLING_ADAPTER must be one of {ADAPTERS}, not {adapter!r}")
     if adapter != HTTP:
+        return None
+    return HttpClient(config["BILLING_SERVICE_URL"], name="the billing service", keyring=keyring)
+
+
+def _billing_service_later(config: Mapping[str, Any], keyring: Keyring) -> HttpClient | None:
+    """With billing in this process: the billing service its events go to once
+    billing is decommissioned here (`strangler data complete billing`)."""
+    if config["BILLING_ADAPTER"] == HTTP or not config["BILLING_SERVICE_URL"]:
         return None
     return HttpClient(config["BILLING_SERVICE_URL"], name="the billing service", keyring=keyring)

@@ -15,6 +15,14 @@ monolith's events goes:
   /internal/events``), which applies each once. The monolith's billing
   handlers are not subscribed at all, so nothing is cancelled twice.
 
+- :class:`RetiringBilling` — billing is the module in this process until its
+  decommission (``strangler data complete billing``), the billing service
+  from then on: each event goes to whichever billing is at the moment it is
+  delivered. The in-process adapter of a monolith that knows where the
+  service is gets this one, so a running monolith stops cancelling
+  subscriptions in tables it no longer owns (and is about to archive) and
+  posts them to the service instead, without a restart.
+
 ``MONOLITH_BILLING_ADAPTER=inprocess|http`` picks one (monolith/config.py).
 Either way the events leave through the users outbox relay: delivery is at
 least once, in order per user, retried with backoff while the service is down
@@ -25,15 +33,17 @@ port: the service's relay posts them to the monolith's inbox.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from monolith.billing.api import BillingFacade
 from monolith.users.events import UserDeactivated
+from servicekit.events import Envelope
 from servicekit.httpclient import HttpClient
 from servicekit.inbox import EventBus
 from servicekit.internal import EventPoster
 
-__all__ = ["ADAPTERS", "BillingPort", "HttpBilling", "InProcessBilling"]
+__all__ = ["ADAPTERS", "BillingPort", "HttpBilling", "InProcessBilling", "RetiringBilling"]
 
 INPROCESS = "inprocess"
 HTTP = "http"
@@ -69,3 +79,34 @@ class HttpBilling:
     def connect(self, bus: EventBus) -> None:
         for event_type in self.CONSUMES:
             bus.forward(event_type, self._post, name=f"{__name__}.{type(self).__name__}")
+
+
+class RetiringBilling:
+    """Billing in this process until ``retired()`` says it was decommissioned here,
+    then the billing service (see the module's docstring)."""
+
+    CONSUMES = HttpBilling.CONSUMES
+
+    def __init__(
+        self, facade: BillingFacade, client: HttpClient, *, retired: Callable[[], bool]
+    ) -> None:
+        # The in-process handlers keep their own inbox and transactions: they
+        # hear the events from a bus of their own, which only this adapter feeds.
+        self._in_process = EventBus()
+        facade.listen(self._in_process)
+        self._post = EventPoster(client)
+        self._retired = retired
+
+    def connect(self, bus: EventBus) -> None:
+        handlers = self._in_process.subscriptions()
+        for event_type in self.CONSUMES:
+            # Named after billing's own handlers: the module map still shows
+            # billing consuming the event, wherever billing runs when it comes.
+            name = next(iter(handlers.get(event_type.type_name(), [])), __name__)
+            bus.forward(event_type, self._deliver, name=name)
+
+    def _deliver(self, envelope: Envelope) -> None:
+        if self._retired():
+            self._post(envelope)
+        else:
+            self._in_process.deliver(envelope)

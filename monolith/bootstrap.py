@@ -8,7 +8,7 @@ at import time. Reading this file tells who talks to whom.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,7 +18,7 @@ from monolith.billing import orm as billing_orm
 from monolith.billing.api import BillingFacade
 from monolith.billing.events import InvoiceIssued, InvoicePaid, SubscriptionCancelled
 from monolith.billing.repository import BillingUnitOfWork
-from monolith.billing_port import BillingPort, HttpBilling, InProcessBilling
+from monolith.billing_port import BillingPort, HttpBilling, InProcessBilling, RetiringBilling
 from monolith.notifications import orm as notifications_orm
 from monolith.notifications.handlers import NotificationHandlers
 from monolith.notifications.repository import NotificationsUnitOfWork
@@ -47,12 +47,37 @@ MODULE_METADATA: dict[str, sa.MetaData] = {
 }
 
 
+class Relays(Mapping[str, OutboxRelay]):
+    """Each module's outbox relay — without billing's once its tables are
+    archived (the decommission): ``events relay`` keeps running on the rest."""
+
+    def __init__(self, relays: dict[str, OutboxRelay], archived: dict[str, Callable[[], bool]]):
+        self._relays = relays
+        self._archived = archived
+
+    def _live(self) -> dict[str, OutboxRelay]:
+        return {
+            name: relay
+            for name, relay in self._relays.items()
+            if name not in self._archived or not self._archived[name]()
+        }
+
+    def __getitem__(self, name: str) -> OutboxRelay:
+        return self._live()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._live())
+
+    def __len__(self) -> int:
+        return len(self._live())
+
+
 @dataclasses.dataclass
 class Monolith:
     engine: Engine
     sessions: sessionmaker[Session]
     bus: EventBus
-    relays: dict[str, OutboxRelay]
+    relays: Mapping[str, OutboxRelay]
     users: UsersFacade
     users_uow: Callable[[], UsersUnitOfWork]
     billing_uow: Callable[[], BillingUnitOfWork]
@@ -78,9 +103,12 @@ def bootstrap(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     deliver_eagerly: bool = True,
     billing_service: HttpClient | None = None,
+    billing_service_later: HttpClient | None = None,
 ) -> Monolith:
     """``billing_service``: a client of the billing service when billing runs there
-    (the HTTP adapter of the billing port); None when it runs in this process."""
+    (the HTTP adapter of the billing port); None when it runs in this process.
+    ``billing_service_later``: with billing in this process, where its events
+    go once it is decommissioned here (None: billing stays in this process)."""
     engine = create_engine(database_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
     read_sessions = sessionmaker(reader(engine), expire_on_commit=False)
@@ -150,11 +178,15 @@ def bootstrap(
 
     # Who reacts to what. The consuming module owns each handler; billing is
     # reached through its port, in this process or in the billing service.
-    billing: BillingPort = (
-        InProcessBilling(BillingFacade(billing_uow))
-        if billing_service is None
-        else HttpBilling(billing_service)
-    )
+    billing: BillingPort
+    if billing_service is not None:
+        billing = HttpBilling(billing_service)
+    elif billing_service_later is not None:
+        billing = RetiringBilling(
+            BillingFacade(billing_uow), billing_service_later, retired=billing_ownership.retired
+        )
+    else:
+        billing = InProcessBilling(BillingFacade(billing_uow))
     billing.connect(bus)
     notify = NotificationHandlers(users, sender or LogSender())
     for event_type, handler in (
@@ -174,7 +206,7 @@ def bootstrap(
         engine=engine,
         sessions=sessions,
         bus=bus,
-        relays=relays,
+        relays=Relays(relays, {"billing": billing_ownership.archived}),
         users=users,
         users_uow=users_uow,
         billing_uow=billing_uow,

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Conflict", "DependencyUnavailable", "DomainError", "NotFound", "RuleViolated"]
+__all__ = [
+    "Conflict",
+    "DependencyUnavailable",
+    "DomainError",
+    "Gone",
+    "NotFound",
+    "RuleViolated",
+]
 
 
 class DomainError(Exception):
@@ -30,6 +37,12 @@ class DomainError(Exception):
 
 class NotFound(DomainError):
     code = "not_found"
+
+
+class Gone(DomainError):
+    """What was asked for existed here and never will again (a decommissioned module)."""
+
+    code = "gone"
 
 
 class Conflict(DomainError):

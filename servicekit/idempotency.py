@@ -13,6 +13,15 @@ The rules, for a command sent with an ``Idempotency-Key`` header:
   unexpected failure releases the key so that the client can retry;
 - a reservation abandoned by a crashed process expires after ``lock_timeout``.
 
+Releasing can fail for the same reason the command did: on SQLite a command
+that gave up waiting for the write lock (the busy timeout) meets the same
+queue when it deletes its reservation. Before, that second failure left the
+key "in flight" for the whole ``lock_timeout`` (60 s: seen as a journey test's
+payment answering 409 for seconds under load); now a release that fails is
+tried again on a background thread, with backoff, until it succeeds or the
+reservation would have expired anyway — and it never hides the command's own
+error. A 409 in flight says ``Retry-After``.
+
 Expected (domain) failures are stored like successes: retrying an
 overpayment gets the same refusal, it does not suddenly succeed.
 """
@@ -24,6 +33,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -51,6 +62,10 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 DEFAULT_LOCK_TIMEOUT = dt.timedelta(seconds=60)
+#: What a 409 in flight tells the client to wait before asking again.
+IN_FLIGHT_RETRY_AFTER_SECONDS = 1
+#: The first wait before a failed release is tried again (doubling, at most 2 s).
+RELEASE_RETRY_PAUSE = 0.1
 
 _IN_PROGRESS = "in_progress"
 _COMPLETED = "completed"
@@ -65,6 +80,10 @@ class KeyReused(RuleViolated):
 
 class KeyInFlight(Conflict):
     code = "idempotency_key_in_flight"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.headers = {"Retry-After": str(IN_FLIGHT_RETRY_AFTER_SECONDS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +138,8 @@ class IdempotencyKeys:
         render_error: Callable[[DomainError], Reply],
     ) -> Reply:
         """Execute ``execute(uow)`` once for ``(scope, key)``; return its reply."""
-        stored = self._reserve(scope, key, request_fingerprint)
+        reserved_at = self._clock()
+        stored = self._reserve(scope, key, request_fingerprint, reserved_at)
         if stored is not None:
             return stored
         try:
@@ -134,19 +154,20 @@ class IdempotencyKeys:
                 return reply
         except DomainError as refusal:
             if not refusal.remembered:
-                self._release(scope, key)
+                self._release(scope, key, reserved_at)
                 raise
             reply = render_error(refusal)
             with self._sessions() as session, session.begin():
                 self._complete(session, scope, key, reply)
             raise
         except BaseException:
-            self._release(scope, key)
+            self._release(scope, key, reserved_at)
             raise
 
-    def _reserve(self, scope: str, key: str, request_fingerprint: str) -> Reply | None:
+    def _reserve(
+        self, scope: str, key: str, request_fingerprint: str, now: dt.datetime
+    ) -> Reply | None:
         t = self._table
-        now = self._clock()
         try:
             with self._sessions() as session, session.begin():
                 session.execute(
@@ -190,9 +211,48 @@ class IdempotencyKeys:
             .values(state=_COMPLETED, response_status=reply.status, response_body=reply.body)
         )
 
-    def _release(self, scope: str, key: str) -> None:
+    def _release(self, scope: str, key: str, reserved_at: dt.datetime) -> None:
+        """Free the key for a retry; never raises (see the module's docstring)."""
+        try:
+            self._delete_reservation(scope, key, reserved_at)
+        except sa.exc.DBAPIError as exc:
+            logger.warning(
+                "releasing idempotency key %s/%s failed (%s); retrying in the background",
+                scope,
+                key,
+                str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+            )
+            threading.Thread(
+                target=self._release_later,
+                args=(scope, key, reserved_at),
+                name="idempotency-release",
+                daemon=True,
+            ).start()
+
+    def _release_later(self, scope: str, key: str, reserved_at: dt.datetime) -> None:
+        deadline = time.monotonic() + self._lock_timeout.total_seconds()
+        pause = RELEASE_RETRY_PAUSE
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            try:
+                self._delete_reservation(scope, key, reserved_at)
+            except sa.exc.DBAPIError:
+                pause = min(2.0, pause * 2)
+                continue
+            logger.info("idempotency key %s/%s released", scope, key)
+            return
+        logger.warning("idempotency key %s/%s stays reserved until it expires", scope, key)
+
+    def _delete_reservation(self, scope: str, key: str, reserved_at: dt.datetime) -> None:
+        # Only this attempt's reservation: one that took the key over after it
+        # expired (a later reserved_at) is another request's, executing now.
         t = self._table
         with self._sessions() as session, session.begin():
             session.execute(
-                t.delete().where(t.c.scope == scope, t.c.key == key, t.c.state == _IN_PROGRESS)
+                t.delete().where(
+                    t.c.scope == scope,
+                    t.c.key == key,
+                    t.c.state == _IN_PROGRESS,
+                    t.c.reserved_at == reserved_at,
+                )
             )

@@ -61,11 +61,14 @@ def run_migrations(
     *,
     url_variable: str,
     default_url: str,
+    version_table: str = "alembic_version",
 ) -> None:
     """Run the migrations Alembic was asked for, online or offline (``--sql``).
 
     ``target_metadata`` is the database's tables: one ``MetaData``, or one per
     module (then ``-x module`` may narrow autogenerate to one of them).
+    ``version_table``: an environment that shares its database with another
+    keeps its history in a table of its own.
     """
     metadatas, include_object = _narrowed(target_metadata)
     url = database_url(url_variable=url_variable, default_url=default_url)
@@ -76,6 +79,7 @@ def run_migrations(
             include_object=include_object,
             literal_binds=True,
             render_as_batch=True,
+            version_table=version_table,
         )
         with context.begin_transaction():
             context.run_migrations()
@@ -90,6 +94,7 @@ def run_migrations(
                 include_object=include_object,
                 # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
                 render_as_batch=connection.dialect.name == "sqlite",
+                version_table=version_table,
             )
             with context.begin_transaction():
                 context.run_migrations()

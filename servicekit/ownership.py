@@ -28,19 +28,21 @@ import contextvars
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from servicekit.buckets import USER_BUCKETS, bucket
 from servicekit.db import UTCDateTime, reader
-from servicekit.errors import Conflict, DependencyUnavailable, RuleViolated
+from servicekit.errors import Conflict, DependencyUnavailable, Gone, RuleViolated
+from servicekit.web import error_response
 
 __all__ = [
     "ACTING_USER_HEADER",
     "MONOLITH",
     "MOVING",
     "OWNED",
+    "RETIRED",
     "SERVICE",
     "SLOTS",
     "TABLE_SLOT",
@@ -49,6 +51,7 @@ __all__ = [
     "NotOwner",
     "OwnershipGuard",
     "OwnershipMoving",
+    "Retired",
     "acting_scope",
     "bucket",
     "ownership_table",
@@ -62,6 +65,10 @@ TABLE_SLOT = USER_BUCKETS
 SLOTS = tuple(range(USER_BUCKETS + 1))
 MONOLITH, SERVICE = "monolith", "service"
 OWNED, MOVING = "owned", "moving"
+#: The state of every slot on the side a module was decommissioned from.
+RETIRED = "retired"
+#: The table Alembic keeps in every database it migrated.
+MIGRATED_MARK = "alembic_version"
 #: Seconds a client (the proxy) should wait before retrying a moving slot.
 RETRY_AFTER_SECONDS = 1
 
@@ -116,6 +123,13 @@ class OwnershipMoving(DependencyUnavailable):
         self.headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
+class Retired(Gone):
+    """This side gave the module up for good (decommissioned): ask its new home."""
+
+    code = "decommissioned"
+    remembered = False
+
+
 class ActingUserRequired(RuleViolated):
     code = "acting_user_required"
     remembered = False
@@ -134,8 +148,11 @@ class OwnershipGuard:
         table_paths: tuple[str, ...] = (),
     ) -> None:
         """``table_paths``: path prefixes whose records belong to no user (slot 100)."""
+        self._engine = engine
         self._reads = reader(engine)
         self._table = table
+        # Decommissioning is one-way: once seen, never asked again.
+        self._retired = False
         self._side = side
         self._group = group
         self._table_paths = table_paths
@@ -146,6 +163,15 @@ class OwnershipGuard:
         """Check every request of ``blueprint`` before its view runs."""
         blueprint.before_request(self._admit)
         blueprint.teardown_request(self._forget)
+        blueprint.register_error_handler(sa.exc.DBAPIError, self._archived_meanwhile)
+
+    def _archived_meanwhile(self, error: sa.exc.DBAPIError) -> Response:
+        """A view's query failed: 410 if the tables were archived (a read that
+        names no user is not checked beforehand), the error otherwise."""
+        if not self.archived():
+            raise error
+        gone = self._gone()
+        return error_response(410, gone.message, code=gone.code, fields=gone.details)
 
     def _admit(self) -> None:
         user = request.headers.get(ACTING_USER_HEADER) or None
@@ -156,17 +182,73 @@ class OwnershipGuard:
         slot = self.slot_for(request.method, request.path, user)
         _acting_user.set(user)
         _acting_slot.set(slot)
-        with self._reads.connect() as connection:
-            if slot is None:
-                if request.method not in ("GET", "HEAD", "OPTIONS") and self._moving_data(
-                    connection
-                ):
-                    raise ActingUserRequired(
-                        f"{ACTING_USER_HEADER} is required while {self._group}'s data moves: "
-                        "a write must name the user whose records it changes"
-                    )
-                return
-            self._check(connection, slot, lock=False)
+        if self._retired:
+            raise self._gone()
+        if slot is None and request.method in ("GET", "HEAD", "OPTIONS"):
+            # Served from this side's copy, with no query of ours (lists are
+            # measured by the statement); once the tables are archived, the
+            # read itself fails and is told apart below.
+            return
+        try:
+            with self._reads.connect() as connection:
+                if slot is None:
+                    self._admit_unplaced(connection)
+                else:
+                    self._check(connection, slot, lock=False)
+        except sa.exc.DBAPIError:
+            if self.archived():  # the decommission's migration took the tables away
+                raise self._gone() from None
+            raise
+
+    def _admit_unplaced(self, connection: sa.Connection) -> None:
+        """A write that names no user."""
+        first = connection.execute(sa.select(self._table.c.state).limit(1)).first()
+        if first is None:
+            return  # no move under way
+        if first.state == RETIRED:
+            self._retired = True
+            raise self._gone()
+        raise ActingUserRequired(
+            f"{ACTING_USER_HEADER} is required while {self._group}'s data moves: "
+            "a write must name the user whose records it changes"
+        )
+
+    # --- decommissioned -----------------------------------------------------------
+
+    def retired(self) -> bool:
+        """Whether this side gave the module up for good: its ownership rows
+        say ``retired`` (the decision), or its tables are archived already."""
+        if self._retired:
+            return True
+        try:
+            with self._reads.connect() as connection:
+                row = connection.execute(
+                    sa.select(self._table.c.slot).where(self._table.c.state == RETIRED).limit(1)
+                ).first()
+        except sa.exc.DBAPIError:
+            row = None
+            if not self.archived():
+                raise
+            self._retired = True
+        self._retired = self._retired or row is not None
+        return self._retired
+
+    def archived(self) -> bool:
+        """Whether the module's tables have left this migrated database (the
+        ownership table is one of them). A database no migration has run on
+        yet is not archived: it is empty."""
+        with self._engine.connect() as connection:
+            inspector = sa.inspect(connection)
+            gone = not inspector.has_table(self._table.name) and inspector.has_table(MIGRATED_MARK)
+        self._retired = self._retired or gone
+        return gone
+
+    def _gone(self) -> Retired:
+        return Retired(
+            f"{self._group} moved to its own service and was decommissioned here; "
+            f"send {self._group}'s requests to the service (the proxy does)",
+            side=self._side,
+        )
 
     def _forget(self, _error: BaseException | None) -> None:
         _acting_user.set(None)
@@ -190,9 +272,6 @@ class OwnershipGuard:
 
     # --- the check ----------------------------------------------------------------
 
-    def _moving_data(self, connection: sa.Connection) -> bool:
-        return connection.execute(sa.select(self._table.c.slot).limit(1)).first() is not None
-
     def _check(self, connection: sa.Connection, slot: int, *, lock: bool) -> None:
         t = self._table
         query = sa.select(t.c.owner, t.c.state, t.c.epoch).where(t.c.slot == slot)
@@ -204,6 +283,9 @@ class OwnershipGuard:
         if row is None:
             return  # no move under way: this side owns everything
         what = "records of no user" if slot == TABLE_SLOT else f"bucket {slot}'s records"
+        if row.state == RETIRED:
+            self._retired = True
+            raise self._gone()
         if row.state == MOVING:
             raise OwnershipMoving(
                 f"{self._group}'s {what} are moving between the monolith and the service; "

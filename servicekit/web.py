@@ -24,6 +24,7 @@ from servicekit.errors import (
     Conflict,
     DependencyUnavailable,
     DomainError,
+    Gone,
     NotFound,
     RuleViolated,
 )
@@ -48,6 +49,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     NotFound: 404,
+    Gone: 410,
     Conflict: 409,
     RuleViolated: 422,
     DependencyUnavailable: 503,
@@ -60,6 +62,7 @@ _CODE_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "validation_failed",

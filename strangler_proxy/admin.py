@@ -16,7 +16,7 @@ from flask_smorest import Blueprint, abort
 from servicekit.db import utcnow
 from servicekit.web import ServiceApi, init_service, openapi_settings
 from strangler_proxy.config import hash_token
-from strangler_proxy.datagate import reasons_to_stay
+from strangler_proxy.datagate import COMPLETED, reasons_to_complete, reasons_to_stay
 from strangler_proxy.domain import ADMIN_TEAM, MODES, Route, may_change
 from strangler_proxy.metrics import CONTENT_TYPE_LATEST
 from strangler_proxy.repository import UNCHANGED, as_dict
@@ -277,6 +277,29 @@ def _blueprint(proxy: Proxy) -> Blueprint:
     def verify_move(move: str) -> Any:
         """Compare both databases; the verdict appears in the move's status."""
         return _command(proxy, move, "verify", {})
+
+    @blp.post("/data/<move>/complete")
+    @blp.alt_response(
+        409,
+        description="Not yet: the routes are not on the service, the service does not own "
+        "every record, or no clean verification followed the last handover (each reason "
+        "says what to do)",
+    )
+    def complete_move(move: str) -> Any:
+        """End the journey: the service owns the records for good, the sync stops and
+        the monolith's tables are archived; the routes stay on the service."""
+        proxy.refresh()
+        reasons = reasons_to_complete(move, _move_routes(proxy, move))
+        if reasons:
+            abort(
+                409,
+                message=f"{move} cannot be completed: " + "; ".join(reasons),
+                errors={"reasons": reasons},
+            )
+        answer = _command(proxy, move, "complete", {})
+        if answer.get("phase") == COMPLETED:
+            proxy.store.complete_move(move, g.team)
+        return answer
 
     return blp
 

@@ -246,6 +246,22 @@ def data_stop(admin: Admin, move: str) -> None:
     click.echo(f"{move}: {status['phase']}, capture removed")
 
 
+@data.command("complete")
+@click.argument("move")
+@click.pass_obj
+def data_complete(admin: Admin, move: str) -> None:
+    """End MOVE's journey: the service owns its records for good, the sync stops and
+    the monolith's tables are archived. Refused, with what to do, until it is safe."""
+    status = admin.call("POST", f"/data/{move}/complete")
+    click.echo(_describe(status))
+    archive_error = (status.get("completed") or {}).get("archive_error")
+    if archive_error:
+        raise Refused(
+            f"{move} is completed but the monolith's tables are not archived: {archive_error}; "
+            f"run `strangler data complete {move}` again once that is fixed"
+        )
+
+
 @data.command("status")
 @click.argument("move", required=False)
 @click.pass_obj
@@ -315,6 +331,18 @@ def _describe(status: dict[str, Any]) -> str:
         return "\n".join(lines)
     if status.get("error"):
         lines.append(f"  error: {status['error']}")
+    completed = status.get("completed")
+    if status["phase"] == "completed" and completed:
+        archived = (
+            f"the monolith's tables archived {completed['archived_at'][:19].replace('T', ' ')} UTC"
+            if completed.get("archived_at")
+            else f"the monolith's tables NOT archived: {completed.get('archive_error')}"
+        )
+        lines.append(
+            f"  completed {completed['at'][:19].replace('T', ' ')} UTC: the service owns every "
+            f"record for good, no sync; {archived}"
+        )
+        return "\n".join(lines)
     copying = status["phase"] in ("backfill", "streaming")
     lines.append(f"  copy  {_progress(status) if copying else 'not running'}")
     lag = status.get("lag_seconds")

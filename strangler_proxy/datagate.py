@@ -8,6 +8,10 @@ existing records 404 on the new side, writes lost on the way back — so
 that fixes it, until the copy is complete, current and proved; and, for a
 route that writes, until the mover can hand write ownership over and its
 reverse stream (service to monolith) is running and current.
+
+:func:`reasons_to_complete` is the same kind of answer for the journey's
+end (`strangler data complete`): the proxy's half of the checks — every
+route of the move on ``service`` — before the mover checks its own.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Any
 from strangler_proxy.domain import SAFE_METHODS, Route
 
 __all__ = [
+    "COMPLETED",
     "DEFAULT_MAX_LAG",
     "DEFAULT_VERIFY_MAX_AGE",
     "LEAVING_MODES",
     "DataPolicy",
+    "reasons_to_complete",
     "reasons_to_stay",
 ]
 
@@ -33,6 +39,8 @@ DEFAULT_MAX_LAG = 1.0
 #: A clean verification older than this proves too little.
 DEFAULT_VERIFY_MAX_AGE = 900.0
 _RUNNING = ("backfill", "streaming")
+#: The phase of a move whose journey ended (`strangler data complete`).
+COMPLETED = "completed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +60,11 @@ def reasons_to_stay(
     if route.data is None or mode not in LEAVING_MODES:
         return []
     move = route.data
+    if status is not None and status.get("phase") == COMPLETED:
+        # The journey ended: the service is the only home the records have.
+        if mode == "service":
+            return []
+        return [f"{move}'s move was completed: its routes stay on the service"]
     fix_start = f"run `strangler data start {move}`"
     fix_verify = f"run `strangler data verify {move}`"
     if status is None:
@@ -145,3 +158,18 @@ def _before(moment: str | None, other: str | None) -> bool:
     if not moment or not other:
         return False
     return dt.datetime.fromisoformat(moment) < dt.datetime.fromisoformat(other)
+
+
+def reasons_to_complete(move: str, routes: list[Route]) -> list[str]:
+    """Why ``move`` may not be completed yet, as far as its routes are concerned."""
+    elsewhere = [r for r in routes if r.mode != "service"]
+    if not elsewhere:
+        return []
+    shown = ", ".join(
+        f"{r.name} on {'canary ' + str(r.percent) + '%' if r.mode == 'canary' else r.mode}"
+        for r in elsewhere
+    )
+    return [
+        f"{move}'s routes must be on the service first ({shown}): "
+        f"`strangler set {elsewhere[0].name} service --wait 60`"
+    ]

@@ -287,7 +287,10 @@ class Dispatcher:
                 if route is None or primary == MONOLITH:
                     raise
                 service_failed = True
-                if not (route.fallback and method in SAFE_METHODS):
+                # Not for a data route: the service owns these records, and the
+                # monolith refuses what it does not own (409 not_owner) — a
+                # client must hear "try again" (the failure), not "wrong side".
+                if not (route.fallback and method in SAFE_METHODS) or route.data is not None:
                     raise
                 logger.warning("falling back to the monolith for %s: %s", route.name, failure)
                 used = MONOLITH

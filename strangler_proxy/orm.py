@@ -41,6 +41,16 @@ routes = sa.Table(
     sa.Column("updated_by", sa.String(100), nullable=False),
 )
 
+#: Data moves whose journey ended (`strangler data complete`): their routes
+#: stay on the service for good — the monolith's copy of the records is archived.
+completed_moves = sa.Table(
+    "proxy_completed_moves",
+    metadata,
+    sa.Column("move", sa.String(100), primary_key=True),
+    sa.Column("completed_at", UTCDateTime, nullable=False),
+    sa.Column("completed_by", sa.String(100), nullable=False),
+)
+
 audit = sa.Table(
     "proxy_audit",
     metadata,

@@ -200,6 +200,12 @@ def route_gates(
             else "unknown: the data mover is not running"
         )
         return [Gate(question, why, "unknown") for question in _GATE_QUESTIONS]
+    completed = status.get("completed")
+    if status.get("phase") == "completed" and completed:
+        # The journey ended: no copy to keep in sync, the service is the only home.
+        at = str(completed.get("at") or "")[:19].replace("T", " ")
+        answer = f"completed {at} UTC: the service owns {move} for good, no sync"
+        return [Gate(question, answer, "yes") for question in _GATE_QUESTIONS]
     return [_in_sync(status, max_lag), _verified(status), _reverse(status)]
 
 

@@ -25,7 +25,14 @@ from strangler_proxy.domain import (
     validate_sample,
 )
 
-__all__ = ["UNCHANGED", "RouteStore", "StaleRevision", "load_route_file", "validate_change"]
+__all__ = [
+    "UNCHANGED",
+    "MoveCompleted",
+    "RouteStore",
+    "StaleRevision",
+    "load_route_file",
+    "validate_change",
+]
 
 SEED_ACTOR = "seed"
 
@@ -40,6 +47,12 @@ UNCHANGED = _Unchanged.UNCHANGED
 
 class StaleRevision(Conflict):
     code = "stale_revision"
+
+
+class MoveCompleted(Conflict):
+    """The route's data move ended: the monolith's copy of its records is archived."""
+
+    code = "move_completed"
 
 
 def load_route_file(path: str | Path) -> list[Route]:
@@ -166,6 +179,8 @@ class RouteStore:
                 raise NotFound(f"no route named {name!r}")
             before = _route(row._mapping)
             sample = before.shadow_sample if shadow_sample is UNCHANGED else shadow_sample
+            if before.data is not None and mode != "service":
+                self._refuse_if_completed(connection, before, mode)
             if before.revision != expected_revision:
                 raise StaleRevision(
                     f"route {name!r} is at revision {before.revision}, "
@@ -202,6 +217,35 @@ class RouteStore:
                 # that serves them moves with this one (one mode, one percent).
                 self._move_siblings(connection, after, actor, reason)
         return after
+
+    def _refuse_if_completed(self, connection: sa.Connection, route: Route, mode: str) -> None:
+        # In the change's transaction: a person, the dashboard and an
+        # auto-demotion are all refused here, whatever the data mover says.
+        t = orm.completed_moves.c
+        completed = connection.execute(
+            sa.select(t.completed_at, t.completed_by).where(t.move == route.data)
+        ).first()
+        if completed is not None:
+            raise MoveCompleted(
+                f"route {route.name!r} cannot go to {mode}: {route.data}'s move was completed "
+                f"({completed.completed_at:%Y-%m-%d %H:%M} UTC, by {completed.completed_by}): "
+                f"the monolith's {route.data} tables are archived and its {route.data} code "
+                "answers 410; the route stays on the service",
+                move=route.data,
+            )
+
+    def complete_move(self, move: str, actor: str) -> None:
+        """Record that ``move``'s journey ended (idempotent): its routes stay on the service."""
+        t = orm.completed_moves
+        with self.engine.begin() as connection:
+            if connection.execute(sa.select(t.c.move).where(t.c.move == move)).first() is None:
+                connection.execute(
+                    t.insert().values(move=move, completed_at=utcnow(), completed_by=actor)
+                )
+
+    def completed_moves(self) -> set[str]:
+        with self._reader.connect() as connection:
+            return set(connection.execute(sa.select(orm.completed_moves.c.move)).scalars())
 
     def _move_siblings(
         self, connection: sa.Connection, moved: Route, actor: str, reason: str

@@ -59,6 +59,7 @@ def create_app(
         max_attempts=int(settings["EVENTS_MAX_ATTEMPTS"]),
         backoff_max=dt.timedelta(seconds=float(settings["EVENTS_BACKOFF_MAX_SECONDS"])),
         deliver_eagerly=bool(settings["EVENTS_DELIVER_EAGERLY"]),
+        idempotency_lock=dt.timedelta(seconds=float(settings["IDEMPOTENCY_LOCK_SECONDS"])),
     )
     app.extensions[EXTENSION] = system
 

@@ -16,7 +16,7 @@ from extracted.billing_service.billing.consumed import UserDeactivated
 from extracted.billing_service.billing.repository import BillingUnitOfWork
 from servicekit.db import create_engine, is_sqlite, reader
 from servicekit.events import Envelope
-from servicekit.idempotency import IdempotencyKeys
+from servicekit.idempotency import DEFAULT_LOCK_TIMEOUT, IdempotencyKeys
 from servicekit.inbox import EventBus
 from servicekit.outbox import (
     DEFAULT_BACKOFF_MAX,
@@ -59,6 +59,7 @@ def bootstrap(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff_max: dt.timedelta = DEFAULT_BACKOFF_MAX,
     deliver_eagerly: bool = False,
+    idempotency_lock: dt.timedelta = DEFAULT_LOCK_TIMEOUT,
 ) -> BillingService:
     """``deliver`` takes billing's events to their consumers (the monolith's inbox)."""
     engine = create_engine(database_url)
@@ -116,6 +117,6 @@ def bootstrap(
         relay=relay,
         billing_uow=billing_uow,
         billing_read_uow=billing_read_uow,
-        idempotency=IdempotencyKeys(sessions, orm.idempotency_keys),
+        idempotency=IdempotencyKeys(sessions, orm.idempotency_keys, lock_timeout=idempotency_lock),
         ownership=ownership,
     )

@@ -13,6 +13,7 @@ from servicekit.httpclient import (
     DEFAULT_READ_RETRIES,
     DEFAULT_READ_TIMEOUT,
 )
+from servicekit.idempotency import DEFAULT_LOCK_TIMEOUT
 from servicekit.ports import local_url
 from servicekit.web import DEFAULT_MAX_BODY_BYTES, openapi_settings
 
@@ -42,6 +43,9 @@ def defaults() -> dict[str, Any]:
         "EVENTS_MAX_ATTEMPTS": DEFAULT_EVENTS_MAX_ATTEMPTS,
         "EVENTS_BACKOFF_MAX_SECONDS": DEFAULT_EVENTS_BACKOFF_MAX_SECONDS,
         "RELAY_POLL_SECONDS": DEFAULT_RELAY_POLL_SECONDS,
+        # A payment's key reserved by a process that died is taken over after
+        # this long: longer than any request may run (gunicorn's timeout is 30 s).
+        "IDEMPOTENCY_LOCK_SECONDS": DEFAULT_LOCK_TIMEOUT.total_seconds(),
         # Off: a request never waits on another deployable. The relay process
         # delivers within RELAY_POLL_SECONDS.
         "EVENTS_DELIVER_EAGERLY": False,

@@ -43,9 +43,11 @@ class Deployment:
         with_service: bool,
         relays: bool = True,
         databases: tuple[str, str] | None = None,
+        service_settings: dict[str, str] | None = None,
     ) -> None:
         """``databases``: the monolith's and the service's URLs (empty ones,
-        e.g. PostgreSQL); SQLite files in ``directory`` when None."""
+        e.g. PostgreSQL); SQLite files in ``directory`` when None.
+        ``service_settings``: more ``BILLING_SERVICE_*`` variables, by name."""
         self.directory = directory
         self.logs = directory / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -76,6 +78,7 @@ class Deployment:
             "BILLING_SERVICE_EVENTS_URL": self.monolith_url,
             "BILLING_SERVICE_INTERNAL_KEYS": TEST_KEYS,
             **FAST_RECOVERY,
+            **{f"BILLING_SERVICE_{k}": v for k, v in (service_settings or {}).items()},
         }
         #: The current process of each role; ``started`` also keeps the replaced ones.
         self.processes: dict[str, Process] = {}
@@ -174,6 +177,12 @@ class Deployment:
         self._keep("proxy", server)
         return server
 
+    def proxy_workers(self) -> list[int]:
+        """The PIDs of the proxy's gunicorn workers (the master's children)."""
+        master = self.processes["proxy"].pid
+        children = Path(f"/proc/{master}/task/{master}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
     def start_service_relay(self) -> Process:
         relay = Process(
             self._name("billing-relay"),
@@ -218,6 +227,7 @@ def deployed(
     with_service: bool,
     relays: bool = True,
     databases: tuple[str, str] | None = None,
+    service_settings: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
     deployment = Deployment(
         directory,
@@ -225,6 +235,7 @@ def deployed(
         with_service=with_service,
         relays=relays,
         databases=databases,
+        service_settings=service_settings,
     )
     try:
         yield deployment

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+import sqlalchemy as sa
+
+from monolith.app import system_of
+from servicekit.idempotency import IdempotencyKeys, KeyInFlight, Reply
 from tests.support.api import ok, open_invoice, pay
 from tests.support.ids import unique
+from tests.support.processes import poll
 
 
 def payments_of(client, invoice_id):
@@ -93,3 +99,55 @@ def test_concurrent_requests_with_one_key_execute_once(monolith):
         if r.status_code == 409
     )
     assert len(payments_of(monolith.test_client(), invoice["id"])) == 1
+
+
+def test_a_release_that_meets_the_same_lock_queue_is_retried_not_left_for_60s(
+    monolith, monkeypatch
+):
+    """The command gave up waiting for SQLite's write lock, and so did its
+    release: the key must not stay "in flight" until the reservation expires.
+    The command's own error is the one raised; a retry soon executes."""
+    keys = system_of(monolith).billing_idempotency
+    attempts = []
+    delete = IdempotencyKeys._delete_reservation
+
+    def contended(self, scope, key, reserved_at):
+        attempts.append(key)
+        if len(attempts) == 1:
+            raise sa.exc.OperationalError("DELETE", {}, Exception("database is locked"))
+        delete(self, scope, key, reserved_at)
+
+    monkeypatch.setattr(IdempotencyKeys, "_delete_reservation", contended)
+    key = unique("key")
+
+    def locked_out(uow):
+        raise sa.exc.OperationalError(
+            "UPDATE billing_invoices", {}, Exception("database is locked")
+        )
+
+    def run(execute):
+        return keys.run(
+            scope="test",
+            key=key,
+            request_fingerprint="same",
+            uow=system_of(monolith).billing_uow(),
+            execute=execute,
+            render=lambda result: Reply(status=201, body={"result": result}),
+            render_error=lambda error: Reply(status=409, body={}),
+        )
+
+    with pytest.raises(sa.exc.OperationalError, match="UPDATE billing_invoices"):
+        run(locked_out)
+
+    def paid(uow):
+        uow.commit()
+        return "paid"
+
+    def retried() -> bool:
+        try:
+            return run(paid).body == {"result": "paid"}
+        except KeyInFlight:
+            return False
+
+    poll(retried, timeout=5, message="the key stayed in flight after its release failed once")
+    assert len(attempts) >= 2

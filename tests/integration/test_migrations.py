@@ -3,6 +3,8 @@ no drift between the models and the migrations. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -60,3 +62,38 @@ def test_each_module_owns_one_branch_of_history():
 
     assert labels == set(MODULE_METADATA)
     assert len(script.get_heads()) == len(MODULE_METADATA)
+
+
+def test_the_archive_waits_for_the_decision_and_the_drop_for_its_confirmation(tmp_path):
+    """The decommission's environment: refused on a monolith whose billing is
+    in use; with the decision recorded, billing's tables are renamed, not
+    dropped; the drop asks for it in words."""
+    url = f"sqlite:///{tmp_path / 'monolith.db'}"
+    command.upgrade(alembic_config("monolith", url), "heads")
+    decommission = alembic_config("monolith_decommission", url)
+
+    with pytest.raises(RuntimeError, match="strangler data complete billing"):
+        command.upgrade(decommission, "billing_archive")
+    assert "billing_invoices" in tables(url)
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO billing_ownership (slot, owner, state, epoch, changed_at) "
+                "VALUES (0, 'service', 'retired', 1, '2026-11-29 00:00:00')"
+            )
+        )
+    engine.dispose()
+    command.upgrade(decommission, "billing_archive")
+
+    left = tables(url)
+    assert not {t for t in left if t.startswith("billing_")}
+    assert "archived_billing_invoices" in left and "users_accounts" in left
+    command.upgrade(alembic_config("monolith", url), "heads")  # make migrate still works
+
+    with pytest.raises(RuntimeError, match="confirm=drop-archived-billing"):
+        command.upgrade(decommission, "billing_drop_archive")
+    decommission.cmd_opts = argparse.Namespace(x=["confirm=drop-archived-billing"])
+    command.upgrade(decommission, "billing_drop_archive")
+    assert not {t for t in tables(url) if "billing" in t}

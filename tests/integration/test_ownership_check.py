@@ -18,13 +18,13 @@ from tests.support.api import open_invoice
 from tests.support.ids import unique
 
 
-def own_every_slot(app: Flask, owner: str) -> None:
+def own_every_slot(app: Flask, owner: str, state: str = "owned") -> None:
     with system_of(app).engine.begin() as connection:
         connection.execute(orm.ownership.delete())
         connection.execute(
             orm.ownership.insert(),
             [
-                {"slot": slot, "owner": owner, "state": "owned", "epoch": 1, "changed_at": utcnow()}
+                {"slot": slot, "owner": owner, "state": state, "epoch": 1, "changed_at": utcnow()}
                 for slot in SLOTS
             ],
         )
@@ -78,3 +78,28 @@ def test_the_bucket_formula_is_pinned_for_the_proxy_and_the_apps():
     assert [proxy_bucket("billing", key) for key in keys] == [17, 11, 5, 97, 59]
     users = [unique("user") for _ in range(500)]
     assert len({bucket("billing", user) for user in users}) > 90  # and they spread
+
+
+def test_a_side_that_gave_billing_up_for_good_answers_410(monolith: Flask, client) -> None:
+    """The decommission's decision (every slot ``retired``): billing's routes
+    answer 410 Gone, reads too (the e2e test tests/datamover/test_decommission.py
+    goes on to the archive, where a read that names no user fails and is
+    told apart from a broken database)."""
+    invoice = open_invoice(client)
+    system = system_of(monolith)
+    assert not system.billing_ownership.retired()
+
+    own_every_slot(monolith, "service", state="retired")
+
+    for answer in (
+        client.get(f"/billing/invoices/{invoice['id']}", headers={"X-User-ID": invoice["user_id"]}),
+        client.post("/billing/plans", json={"code": unique("plan")}),
+        # A read that names no user is not checked beforehand (no query of ours
+        # on a list); this process has seen the decision by now, though.
+        client.get("/billing/invoices"),
+    ):
+        assert answer.status_code == 410, answer.get_json()
+        assert answer.get_json()["code"] == "decommissioned"
+    assert system.billing_ownership.retired()
+    assert not system.billing_ownership.archived()
+    assert "billing" in system.relays  # its outbox is still delivered until archived

@@ -456,3 +456,14 @@ def test_the_page_renders_50_routes_and_1000_mismatches_in_time(make_proxy, tmp_
     assert page.text.count('class="mismatch"') == 50
     assert page.text.count('class="sides"') == 10  # the rest: on each route's own page
     assert median < RENDER_BUDGET_SECONDS
+
+
+def test_a_completed_moves_gates_say_so() -> None:
+    completed = {"phase": "completed", "completed": {"at": "2026-11-29T03:41:07+00:00"}}
+
+    gates = panels.route_gates("billing", {"billing": completed}, True)
+
+    assert {g.state for g in gates} == {"yes"}
+    assert gates[0].answer == (
+        "completed 2026-11-29 03:41:07 UTC: the service owns billing for good, no sync"
+    )

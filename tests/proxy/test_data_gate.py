@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from strangler_proxy.bootstrap import Proxy
-from strangler_proxy.datagate import DataPolicy, reasons_to_stay
+from strangler_proxy.datagate import DataPolicy, reasons_to_complete, reasons_to_stay
 from strangler_proxy.domain import Route
 from tests.proxy.conftest import HERE, TOKENS, client_for, set_mode
 
@@ -207,3 +207,25 @@ def test_an_unreachable_mover_is_reported_not_failed(gated) -> None:  # type: ig
     listing = client.get("/_strangler/data").json()
     assert listing == [{"move": "billing", "phase": "unknown"}]
     assert "cannot be reached" in set_mode(client, "ledger", "service").json()["message"]
+
+
+# --- the journey's end ---------------------------------------------------------
+
+
+def test_a_completed_move_keeps_its_routes_on_the_service_only() -> None:
+    completed = ready(phase="completed", completed={"at": NOW.isoformat()})
+
+    assert reasons(WRITES, completed, "service") == []
+    assert reasons(WRITES, completed, "canary") == [
+        "billing's move was completed: its routes stay on the service"
+    ]
+
+
+def test_completion_asks_for_every_route_on_the_service_and_says_how() -> None:
+    on_canary = dataclasses.replace(WRITES, mode="canary", percent=50)
+    on_service = dataclasses.replace(READS, mode="service", percent=100)
+
+    assert reasons_to_complete("billing", [on_service]) == []
+    (reason,) = reasons_to_complete("billing", [on_service, on_canary])
+    assert "billing on canary 50%" in reason
+    assert "`strangler set billing service --wait 60`" in reason

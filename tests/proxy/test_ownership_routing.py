@@ -17,7 +17,7 @@ from servicekit.db import utcnow
 from strangler_proxy.bootstrap import Proxy
 from strangler_proxy.domain import TABLE_SLOT, Ownership, Route, desired_ownership, owner_of
 from tests.proxy.conftest import HERE, client_for
-from tests.support.processes import poll
+from tests.support.processes import free_port, poll
 
 LEDGER = Route("ledger", "/ledger/**", frozenset({"GET", "POST"}), "t", "billing", data="billing")
 
@@ -194,3 +194,23 @@ class FakeGate:
 
     def close(self) -> None:
         pass
+
+
+def test_a_data_route_whose_service_is_down_says_try_again_never_not_owner(
+    make_proxy: Callable[..., Proxy],
+) -> None:
+    """No fallback to the monolith for records the service owns: the monolith
+    would refuse them (409 not_owner); the client must hear "try again"."""
+    proxy = make_proxy(
+        ROUTES_FILE=str(HERE / "data_routes.toml"), BILLING_URL=f"http://127.0.0.1:{free_port()}"
+    )
+    mover = Mover()
+    proxy.control.data = mover  # type: ignore[assignment]
+    with client_for(proxy) as client:
+        owns(proxy, mover, {"service_buckets": 100, "plans": "service"})
+        user = users_on("service", 100, 1)[0]
+
+        answer = client.get("/ledger/x", headers={"X-User-ID": user})
+
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["code"] == "bad_gateway"

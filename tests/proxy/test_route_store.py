@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from servicekit.db import create_engine
 from servicekit.errors import NotFound, RuleViolated
 from strangler_proxy import orm
-from strangler_proxy.repository import RouteStore, StaleRevision, load_route_file
-from tests.proxy.conftest import ROUTES_FILE
+from strangler_proxy.repository import MoveCompleted, RouteStore, StaleRevision, load_route_file
+from tests.proxy.conftest import HERE, ROUTES_FILE
 from tests.support.databases import alembic_config, fresh_database, migrate
 
 
@@ -125,3 +125,28 @@ def test_migrations_go_up_down_and_up_and_match_the_tables(tmp_path):
         differences = compare_metadata(context, orm.metadata)
     engine.dispose()
     assert differences == [], "the proxy's tables changed without a migration"
+
+
+def test_a_completed_moves_routes_never_leave_the_service(tmp_path):
+    """Whoever asks — a person, the dashboard, an auto-demotion — in the change's
+    own transaction, whatever the data mover says (it may be down)."""
+    url = f"sqlite:///{tmp_path / 'proxy.db'}"
+    migrate("proxy", url)
+    engine = create_engine(url)
+    store = RouteStore(engine)
+    store.seed(load_route_file(HERE / "data_routes.toml"))
+    store.change(
+        "billing", mode="service", percent=None, expected_revision=1, actor="t", reason="r"
+    )
+
+    store.complete_move("billing", "billing-team")
+    store.complete_move("billing", "billing-team")  # once is enough; twice is harmless
+
+    assert store.completed_moves() == {"billing"}
+    for mode, percent in (("monolith", None), ("canary", 10), ("shadow", None)):
+        with pytest.raises(MoveCompleted, match="billing's move was completed"):
+            store.change(
+                "ledger", mode=mode, percent=percent, expected_revision=2, actor="t", reason="r"
+            )
+    assert {r.mode for r in store.load().routes if r.data == "billing"} == {"service"}
+    engine.dispose()

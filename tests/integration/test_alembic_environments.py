@@ -83,3 +83,29 @@ def test_x_module_that_does_not_exist_is_refused(tmp_path):
 
     with pytest.raises(CommandError, match="nope"):
         command.upgrade(config, "heads")
+
+
+#: Heads each environment may have: the monolith one per module (its
+#: branches), every other one a single line of history.
+EXPECTED_HEADS: dict[str, int | set[str]] = {
+    "monolith": {"users", "billing", "notifications"},
+    "monolith_decommission": 1,
+    "billing_service": 1,
+    "proxy": 1,
+}
+
+
+@pytest.mark.parametrize("environment", sorted(EXPECTED_HEADS))
+def test_each_environment_has_one_line_of_history_per_branch(environment: str) -> None:
+    """Two changes written in parallel that revise the same migration make two
+    heads: ``upgrade heads`` hides it, the next autogenerate trips on it."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(environment, "sqlite://"))
+    heads = [script.get_revision(head) for head in script.get_heads()]
+    expected = EXPECTED_HEADS[environment]
+    if isinstance(expected, set):
+        labels = [label for head in heads if head for label in head.branch_labels]
+        assert sorted(labels) == sorted(expected), labels
+    else:
+        assert len(heads) == expected, [head.revision for head in heads if head]

@@ -1,7 +1,7 @@
 """proxy: a route may shadow a share of its requests of its own
 
 Revision ID: c4e8b2d1f9a3
-Revises: 5d1c0a7e9b21
+Revises: c4f1d2e3a5b6
 Create Date: 2026-11-29 04:10:00
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "c4e8b2d1f9a3"
-down_revision: str | Sequence[str] | None = "5d1c0a7e9b21"
+down_revision: str | Sequence[str] | None = "c4f1d2e3a5b6"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -200,8 +200,9 @@ def _shadows_compared(system: Deployment) -> float:
 
 
 def a_user_with_an_invoice(proxy: httpx.Client, plan: dict[str, Any]) -> dict[str, Any]:
-    """A user who subscribes, is invoiced and pays — as that user (X-User-ID)."""
-    user = created(proxy.post("/users", json={"email": unique_email(), "name": "Grace"}))
+    """A user who subscribes, is invoiced and pays with a key — as that user
+    (X-User-ID), through the proxy; everything a test may look at again."""
+    user = created(proxy.post("/users", json={"email": unique_email(), "name": "Ada"}))
     acting = {"X-User-ID": user["id"]}
     subscription = created(
         proxy.post(
@@ -215,13 +216,24 @@ def a_user_with_an_invoice(proxy: httpx.Client, plan: dict[str, Any]) -> dict[st
             "/billing/invoices", json={"subscription_id": subscription["id"]}, headers=acting
         )
     )
-    paid = proxy.post(
-        f"/billing/invoices/{invoice['id']}/payments",
-        json={"amount_minor": 2_500, "currency": "EUR"},
-        headers={**acting, "Idempotency-Key": unique("pay")},
+    key = unique("pay")
+    body = {"amount_minor": invoice["amount_minor"], "currency": invoice["currency"]}
+    payment = created(
+        proxy.post(
+            f"/billing/invoices/{invoice['id']}/payments",
+            json=body,
+            headers={**acting, "Idempotency-Key": key},
+        )
     )
-    assert paid.status_code == 201, paid.text
-    return {"user": user, "invoice": invoice}
+    return {
+        "user": user,
+        "acting": acting,
+        "subscription": subscription,
+        "invoice": invoice,
+        "payment": payment,
+        "key": key,
+        "body": body,
+    }
 
 
 def ownership(system: Deployment) -> dict[str, Any]:

@@ -12,18 +12,22 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
 from tests.conftest import BACKENDS
-from tests.datamover.test_data_moves_with_the_route import _admin, a_plan, strangler
+from tests.datamover.test_data_moves_with_the_route import (
+    _admin,
+    a_plan,
+    a_user_with_an_invoice,
+    strangler,
+)
 from tests.datamover.test_journey import converged_at
 from tests.extracted.deployment import Deployment, answered, created, deployed, kinds_of
 from tests.support.databases import fresh_database
-from tests.support.ids import unique, unique_email
+from tests.support.ids import unique
 from tests.support.processes import poll
 
 pytestmark = pytest.mark.e2e
@@ -70,42 +74,6 @@ def succeeded(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def a_customer(proxy: httpx.Client, plan: dict[str, Any]) -> dict[str, Any]:
-    """A user who subscribed, was invoiced and paid with a key, through the proxy."""
-    user = created(proxy.post("/users", json={"email": unique_email(), "name": "Ada"}))
-    acting = {"X-User-ID": user["id"]}
-    subscription = created(
-        proxy.post(
-            "/billing/subscriptions",
-            json={"user_id": user["id"], "plan_id": plan["id"]},
-            headers=acting,
-        )
-    )
-    invoice = created(
-        proxy.post(
-            "/billing/invoices", json={"subscription_id": subscription["id"]}, headers=acting
-        )
-    )
-    key = unique("pay")
-    body = {"amount_minor": invoice["amount_minor"], "currency": invoice["currency"]}
-    payment = created(
-        proxy.post(
-            f"/billing/invoices/{invoice['id']}/payments",
-            json=body,
-            headers={**acting, "Idempotency-Key": key},
-        )
-    )
-    return {
-        "user": user,
-        "acting": acting,
-        "subscription": subscription,
-        "invoice": invoice,
-        "payment": payment,
-        "key": key,
-        "body": body,
-    }
-
-
 def tables(url: str) -> set[str]:
     engine = sa.create_engine(url)
     try:
@@ -120,7 +88,7 @@ def test_complete_ends_the_journey_and_the_monolith_runs_without_billing(
     proxy = httpx.Client(base_url=system.proxy_url, timeout=10)
     monolith = httpx.Client(base_url=system.monolith_url, timeout=10)
     plan = a_plan(proxy)
-    before = a_customer(proxy, plan)
+    before = a_user_with_an_invoice(proxy, plan)
 
     # Nothing copied yet: refused, and told how to begin.
     refused(strangler(system, "data", "complete", "billing"), "strangler set billing-")
@@ -136,7 +104,7 @@ def test_complete_ends_the_journey_and_the_monolith_runs_without_billing(
     # The last clean verification is from before the handover: prove the copy as it is.
     refused(strangler(system, "data", "complete", "billing"), "strangler data verify billing")
 
-    after_cut_over = a_customer(proxy, plan)  # written on the service, streamed back
+    after_cut_over = a_user_with_an_invoice(proxy, plan)  # written on the service, streamed back
     succeeded(strangler(system, "data", "verify", "billing"))
     shown = succeeded(strangler(system, "data", "complete", "billing"))
     assert "completed" in shown and "archived" in shown, shown

@@ -14,6 +14,9 @@ Used by ``tests/datamover/test_journey.py``, ``make demo`` and
 
     .venv/bin/python -m demo.loadgen [--url http://127.0.0.1:8000] [--seconds 120]
 
+It stops at ``--seconds``, on Ctrl-C or on SIGTERM (``kill PID``: a
+background job ignores Ctrl-C's signal), and prints its sums either way.
+
 ``Load`` is the plain variant: GETs of any paths from many users at a fixed
 rate, for the dashboard's browser test (which runs against a stub upstream).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import signal
 import threading
 import time
 import uuid
@@ -346,6 +350,10 @@ class Load:
                 self._stop.wait(self.interval)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """``make demo-load``: shoppers through the proxy while you watch the dashboard."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -354,6 +362,8 @@ def main() -> None:
     parser.add_argument("--shoppers", type=int, default=10)
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between purchases")
     args = parser.parse_args()
+    # `kill PID` stops a background run as Ctrl-C stops one in front: with its sums.
+    signal.signal(signal.SIGTERM, _interrupt)
     with httpx.Client(base_url=args.url, timeout=DEFAULT_TIMEOUT) as client:
         plan = a_plan(client)
     print(f"{args.shoppers} shoppers through {args.url} for {args.seconds:g} s (Ctrl-C stops)")

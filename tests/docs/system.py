@@ -59,8 +59,10 @@ def copy_of_repository(destination: Path) -> Path:
     stamp = venv / ".installed-stamp"
     if stamp.exists():
         # make would otherwise reinstall into the shared .venv, pointing it at the copy.
-        mtime = stamp.stat().st_mtime
-        os.utime(destination / "pyproject.toml", (mtime, mtime))
+        # In nanoseconds: a float's seconds can round up past the stamp, and make
+        # compares at the filesystem's resolution.
+        mtime = stamp.stat().st_mtime_ns
+        os.utime(destination / "pyproject.toml", ns=(mtime, mtime))
     git = ["git"] + [option for setting in GIT_SETTINGS for option in ("-c", setting)]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the clone"]):
         subprocess.run([*git, *command], cwd=destination, check=True, capture_output=True)

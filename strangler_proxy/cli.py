@@ -52,13 +52,29 @@ class Admin:
                 fields = body.get("fields")
             except ValueError:
                 message, fields = response.text, None
-            detail = f" {fields}" if fields else ""
+            detail = _field_lines(message, fields)
             raise Refused(
                 f"refused ({response.status_code}): {message}{detail}",
                 response.status_code,
                 fields if isinstance(fields, dict) else None,
             )
         return response.json()
+
+
+def _field_lines(message: str, fields: Any, prefix: str = "") -> str:
+    """What a refusal says per field, one line each (``json.percent: ...``) —
+    except what the message already says (the data gate's reasons are in both)."""
+    if not isinstance(fields, dict):
+        return f" {fields}" if fields else ""
+    lines = []
+    for name, said in fields.items():
+        if isinstance(said, dict):
+            lines.append(_field_lines(message, said, f"{prefix}{name}."))
+            continue
+        values = said if isinstance(said, list) else [said]
+        if not all(str(value) in message for value in values):
+            lines.append(f"\n  {prefix}{name}: {'; '.join(str(value) for value in values)}")
+    return "".join(lines)
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

@@ -1,5 +1,6 @@
-"""`strangler set --wait`: a move the data gate refuses is asked again until
-the gate opens or the wait runs out; any other refusal is final at once."""
+"""The `strangler` command against a scripted admin API: `set --wait` asks a
+move the data gate refuses again until the gate opens (any other refusal is
+final at once), and a refusal reads as sentences, field by field."""
 
 from __future__ import annotations
 
@@ -54,3 +55,14 @@ def test_other_refusals_are_never_retried(monkeypatch: pytest.MonkeyPatch) -> No
     result = run(admin, "--wait", "30", monkeypatch=monkeypatch)
     assert result.exit_code == 1 and admin.patches == 1
     assert "revision moved" in result.output
+
+
+def test_a_refusal_says_each_field_once_and_in_words() -> None:
+    gate = cli._field_lines("cannot go: " + GATE["gate"][0], GATE)
+    assert gate == ""  # the message says it already
+    fields = cli._field_lines(
+        "The request is not valid", {"json": {"percent": ["Must be between 0 and 100."]}}
+    )
+    assert fields == "\n  json.percent: Must be between 0 and 100."
+    listed = cli._field_lines("refused", {"percent": ["Must be between 0 and 100.", "Odd."]})
+    assert listed == "\n  percent: Must be between 0 and 100.; Odd."

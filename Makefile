@@ -42,7 +42,7 @@ lint: install  ## ruff and the import contracts
 	$(BIN)/mypy
 
 test: lint  ## lint, then every test, the tutorial's commands too (PostgreSQL ones skip only outside CI)
-	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 docs-test: install  ## only the tutorial: every command block of README.md and docs/NN-*.md
 	$(BIN)/pytest -p no:cacheprovider tests/docs $(PYTEST_ARGS)

@@ -11,7 +11,6 @@ out by them is reported below as a skipped test with its reason.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,6 @@ from tests.support.processes import ROOT
 README = ROOT / "README.md"
 CHAPTERS = sorted((ROOT / "docs").glob("[0-9][0-9]-*.md"))
 DOCUMENTS = [README, *CHAPTERS]
-#: One worker runs them all, in order (`make test` distributes by --dist loadgroup).
-ONE_WORKER = pytest.mark.xdist_group("tutorial")
 
 
 def _illustrative() -> list[object]:
@@ -60,15 +57,15 @@ def test_an_illustrative_block_is_skipped_by_rule(reason: str) -> None:
     pytest.skip(f"illustrative {reason}")
 
 
-def _run(path: Path, system: System, scripts: Path) -> None:
+def _run(path: Path, system: System, scripts: Path) -> str | None:
+    """Run ``path``'s blocks in one bash session; its failure, if any."""
     shell = Shell(system.repository, system.env, scripts)
     try:
         report = run_document(path, shell, still_up=lambda: _died(system))
     finally:
         shell.close()
     print(report.summary())  # shown with -s, and on failure
-    if report.failure:
-        pytest.fail(report.failure, pytrace=False)
+    return report.failure
 
 
 def _died(system: System) -> str | None:
@@ -77,26 +74,26 @@ def _died(system: System) -> str | None:
     return f"make run exited (a process died and honcho stopped the others):\n{system.log_tail()}"
 
 
-@pytest.fixture(scope="module")
-def chapters_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """A clone with ``make run`` up, shared by the chapters in order."""
-    postgres.require_postgres()  # chapter 3 migrates a PostgreSQL database
-    repository = copy_of_repository(tmp_path_factory.mktemp("chapters") / "strangler")
-    with running_system(repository, tmp_path_factory.mktemp("chapters-logs")) as system:
-        yield system
-
-
 @pytest.mark.e2e
-@ONE_WORKER
 def test_the_readme_gets_a_newcomer_to_a_route_move(tmp_path: Path) -> None:
     repository = copy_of_repository(tmp_path / "strangler")
     (tmp_path / "logs").mkdir()
     with running_system(repository, tmp_path / "logs") as system:
-        _run(README, system, tmp_path / "scripts")
+        failure = _run(README, system, tmp_path / "scripts")
+    if failure:
+        pytest.fail(failure, pytrace=False)
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
 @pytest.mark.e2e
-@ONE_WORKER
-def test_a_chapter_runs_as_written(chapter: Path, chapters_system: System, tmp_path: Path) -> None:
-    _run(chapter, chapters_system, tmp_path / "scripts")
+def test_the_chapters_run_as_written_in_order(tmp_path: Path) -> None:
+    """One test, not one per chapter: each chapter starts where the one before
+    left the system, so they must run in order on one process (a test
+    distributor may not split them)."""
+    postgres.require_postgres()  # chapter 3 migrates a PostgreSQL database
+    repository = copy_of_repository(tmp_path / "strangler")
+    (tmp_path / "logs").mkdir()
+    with running_system(repository, tmp_path / "logs") as system:
+        for chapter in CHAPTERS:
+            failure = _run(chapter, system, tmp_path / "scripts" / chapter.stem)
+            if failure:
+                pytest.fail(f"{chapter.name}: {failure}", pytrace=False)

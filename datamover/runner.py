@@ -504,7 +504,14 @@ class MoveRunner:
                 schema_checked = time.monotonic()
                 if not self._schema_still_matches():
                     return True
-            applied = sum(self._apply_changes(stream) for stream in self.streams)
+            for stream in self.streams:
+                self._apply_changes(stream)
+            # A full batch may have more behind it; anything less drained the
+            # change table, and the next turn waits a poll like an idle one.
+            # (It did not: under a steady trickle the loop spun, applying one
+            # or two changes per turn, a dozen statements each, on the cores
+            # the monolith's writers needed.)
+            backlog = any(stream.pending >= self.tuning.apply_batch for stream in self.streams)
             self._retry_pause = self.tuning.poll  # the databases answer again
             if state.phase == phases.BACKFILL:
                 started = time.monotonic()
@@ -514,7 +521,7 @@ class MoveRunner:
                     self._ask_verification_once()
                 elif self.tuning.nice:
                     self._stop.wait(self.tuning.nice * (time.monotonic() - started))
-            elif applied == 0:
+            elif not backlog:
                 self._stop.wait(self.tuning.poll)
             if state.phase == phases.STREAMING:
                 if time.time() - last_verified > self.tuning.verify_every:

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from datamover.dialects import Key
+from datamover.dialects import DONE
 from servicekit.errors import Conflict
 
 __all__ = [
@@ -30,9 +30,6 @@ __all__ = [
     "goals_table",
     "moves_table",
 ]
-
-#: A table's cursor once its backfill has finished.
-DONE = "done"
 
 IDLE, BACKFILL, STREAMING, STOPPED, FAILED = "idle", "backfill", "streaming", "stopped", "failed"
 #: The journey's end: the target owns everything for good, the source's copy is archived.
@@ -115,11 +112,9 @@ class MoveState:
     verdict: dict[str, Any] | None = None
     error: str | None = None
 
-    def cursor(self, table: str) -> Key | str | None:
-        value = self.cursors.get(table)
-        if value is None or value == DONE:
-            return value
-        return tuple(value)
+    def cursor(self, table: str) -> Any:
+        """A table's checkpoint, as the dialect wrote it (None: not begun; DONE)."""
+        return self.cursors.get(table)
 
 
 class StateStore:

@@ -64,8 +64,9 @@ class MoverProcess:
 
 @pytest.fixture
 def mover_process(pair: Pair, tmp_path: Path) -> Iterator[MoverProcess]:
-    # Slow chunks (a nice of 3) stretch the backfill so that kills land inside it.
-    process = MoverProcess(pair, tmp_path, CHUNK_ROWS=100, NICE=3, LEASE_SECONDS=1)
+    # Many small, slow chunks (a nice of 3) stretch the backfill so that kills
+    # land inside it: SQLite's chunks by rowid made 100-row chunks too quick.
+    process = MoverProcess(pair, tmp_path, CHUNK_ROWS=20, NICE=3, LEASE_SECONDS=1)
     yield process
     process.stop()
 

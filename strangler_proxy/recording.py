@@ -4,9 +4,10 @@ traffic counts — written off the request path.
 The request path only appends a tuple to a deque (thread-safe, ~0.1 µs); the
 worker's background thread drains it every ``FLUSH_SECONDS``: it sums the
 samples into the Prometheus instruments (one increment per label set, not per
-request), counts traffic for demotion, and writes the access-log lines. The
-issue measured an INFO line and three metric updates per request on the
-request thread; batched, they cost the event loop nothing.
+request), counts traffic for demotion, and writes the access-log lines, all
+of a flush in one log record. The issue measured an INFO line and three
+metric updates per request on the request thread; batched, they cost the
+event loop next to nothing (the background thread shares its GIL).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import threading
 from typing import NamedTuple
 
+from servicekit.logs import LOG_FORMAT
 from servicekit.requestids import bound_request_id
 from strangler_proxy.metrics import LATENCY_BUCKETS, Metrics
 from strangler_proxy.traffic import Traffic
@@ -90,20 +92,48 @@ class Recorder:
         for latency_labels, samples in latency.items():
             _observe_many(self.metrics, latency_labels, samples)
         if self.access_log and access_logger.isEnabledFor(logging.INFO):
-            for record in records:
-                with bound_request_id(record.request_id):
-                    access_logger.info(
-                        "rid=%s method=%s path=%s status=%s route=%s mode=%s upstream=%s ms=%.2f%s",
-                        record.request_id,
-                        record.method,
-                        record.path,
-                        record.status,
-                        record.route or "-",
-                        record.mode,
-                        record.upstream,
-                        record.seconds * 1000,
-                        f" note={record.note}" if record.note else "",
-                    )
+            _log_access(records)
+
+
+#: An access line's message; the log format (servicekit's) puts time, level,
+#: request id and logger name before it.
+ACCESS_LINE = "rid=%s method=%s path=%s status=%s route=%s mode=%s upstream=%s ms=%.2f%s"
+_FORMATTER = logging.Formatter(LOG_FORMAT)
+
+
+def _log_access(records: list[Record]) -> None:
+    """Every record's access line, in one log record per flush.
+
+    A log record per request cost ~9 µs of the GIL each (record, filter,
+    formatter, handler lock): 18 ms per flush at 2,000 requests a second, and
+    +1.2 ms on the proxy's p99 at one connection. The lines after the first
+    are formatted here, each with its own request id, so the output is the
+    same lines the per-request records wrote (stamped with the flush's time,
+    as they were)."""
+    messages = [
+        ACCESS_LINE
+        % (
+            record.request_id,
+            record.method,
+            record.path,
+            record.status,
+            record.route or "-",
+            record.mode,
+            record.upstream,
+            record.seconds * 1000,
+            f" note={record.note}" if record.note else "",
+        )
+        for record in records
+    ]
+    template = access_logger.makeRecord(access_logger.name, logging.INFO, "", 0, "", (), None)
+    template.request_id = "\0"
+    before, after = _FORMATTER.format(template).split("\0")
+    rest = "".join(
+        f"\n{before}{record.request_id}{after}{message}"
+        for record, message in zip(records[1:], messages[1:], strict=True)
+    )
+    with bound_request_id(records[0].request_id):
+        access_logger.info("%s%s", messages[0], rest)
 
 
 def _observe_many(metrics: Metrics, labels: tuple[str, str], samples: list[float]) -> None:

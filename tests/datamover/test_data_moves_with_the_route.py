@@ -199,27 +199,49 @@ def _shadows_compared(system: Deployment) -> float:
     )
 
 
+def posted(proxy: httpx.Client, path: str, **kwargs: Any) -> httpx.Response:
+    """POST as a client that honours the fence: a 503 with ``Retry-After``
+    (nothing was done: the user's records are being handed over, or the
+    proxy has not yet heard that a handover ended) is asked again."""
+    return poll(  # type: ignore[no-any-return]
+        lambda: (
+            response
+            if (response := proxy.post(path, **kwargs)).status_code != 503
+            or "retry-after" not in response.headers
+            else None
+        ),
+        timeout=15,
+        interval=0.1,
+        message=f"POST {path} stayed fenced",
+    )
+
+
 def a_user_with_an_invoice(proxy: httpx.Client, plan: dict[str, Any]) -> dict[str, Any]:
     """A user who subscribes, is invoiced and pays with a key — as that user
     (X-User-ID), through the proxy; everything a test may look at again."""
-    user = created(proxy.post("/users", json={"email": unique_email(), "name": "Ada"}))
+    user = created(posted(proxy, "/users", json={"email": unique_email(), "name": "Ada"}))
     acting = {"X-User-ID": user["id"]}
     subscription = created(
-        proxy.post(
+        posted(
+            proxy,
             "/billing/subscriptions",
             json={"user_id": user["id"], "plan_id": plan["id"]},
             headers=acting,
         )
     )
     invoice = created(
-        proxy.post(
-            "/billing/invoices", json={"subscription_id": subscription["id"]}, headers=acting
+        posted(
+            proxy,
+            "/billing/invoices",
+            json={"subscription_id": subscription["id"]},
+            headers=acting,
         )
     )
     key = unique("pay")
     body = {"amount_minor": invoice["amount_minor"], "currency": invoice["currency"]}
     payment = created(
-        proxy.post(
+        posted(
+            proxy,
             f"/billing/invoices/{invoice['id']}/payments",
             json=body,
             headers={**acting, "Idempotency-Key": key},

@@ -230,13 +230,7 @@ class SQLiteBed(Bed):
         for url in urls:
             connection = sqlite3.connect(sa.engine.make_url(url).database)
             try:
-                for table, (columns, key) in shapes.items():
-                    cursor = connection.execute(
-                        f"SELECT {', '.join(map(_q, columns))} FROM {_q(table)} "
-                        f"ORDER BY {', '.join(map(_q, key))}"
-                    )
-                    while batch := cursor.fetchmany(FETCH_ROWS):
-                        rows += len(batch)
+                rows += _scan(connection, shapes)
             finally:
                 connection.close()
         return time.perf_counter() - started, rows
@@ -327,14 +321,22 @@ class PostgresBed(Bed):
         started = time.perf_counter()
         for url in urls:
             with psycopg.connect(_conninfo(url)) as connection:
-                for table, (columns, key) in shapes.items():
-                    cursor = connection.execute(
-                        f"SELECT {', '.join(map(_q, columns))} FROM {_q(table)} "
-                        f"ORDER BY {', '.join(map(_q, key))}"
-                    )
-                    while batch := cursor.fetchmany(FETCH_ROWS):
-                        rows += len(batch)
+                rows += _scan(connection, shapes)
         return time.perf_counter() - started, rows
+
+
+def _scan(connection: Any, shapes: dict[str, tuple[list[str], list[str]]]) -> int:
+    """Read every row of every table in key order through the driver (a
+    sqlite3 or psycopg connection); how many there were."""
+    rows = 0
+    for table, (columns, key) in shapes.items():
+        cursor = connection.execute(
+            f"SELECT {', '.join(map(_q, columns))} FROM {_q(table)} "
+            f"ORDER BY {', '.join(map(_q, key))}"
+        )
+        while batch := cursor.fetchmany(FETCH_ROWS):
+            rows += len(batch)
+    return rows
 
 
 def _monolith_table(name: str) -> sa.Table | None:

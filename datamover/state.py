@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Any
 
@@ -19,6 +20,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from datamover.dialects import DONE
 from servicekit.errors import Conflict
+
+logger = logging.getLogger(__name__)
+
+#: How long a starting mover waits for a database too busy to take its state
+#: table (SQLite's one writer, under a seed) before it gives up.
+BOOT_PATIENCE_SECONDS = 30.0
 
 __all__ = [
     "DONE",
@@ -121,7 +128,18 @@ class StateStore:
     def __init__(self, engine: Engine, name: str) -> None:
         self._engine = engine
         self._name = name
-        _metadata.create_all(engine, checkfirst=True)
+        deadline = time.monotonic() + BOOT_PATIENCE_SECONDS
+        while True:
+            try:
+                _metadata.create_all(engine, checkfirst=True)
+                return
+            except sa.exc.OperationalError as exc:  # "database is locked": wait our turn
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning(
+                    "the mover's state table cannot be made yet (%s): retrying", exc.orig
+                )
+                time.sleep(0.5)
 
     def load(self, connection: Connection | None = None) -> MoveState:
         if connection is None:

@@ -55,21 +55,20 @@ class Relays(Mapping[str, OutboxRelay]):
         self._relays = relays
         self._archived = archived
 
-    def _live(self) -> dict[str, OutboxRelay]:
-        return {
-            name: relay
-            for name, relay in self._relays.items()
-            if name not in self._archived or not self._archived[name]()
-        }
+    def _gone(self, name: str) -> bool:
+        archived = self._archived.get(name)
+        return archived is not None and archived()
 
     def __getitem__(self, name: str) -> OutboxRelay:
-        return self._live()[name]
+        if self._gone(name):
+            raise KeyError(name)
+        return self._relays[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._live())
+        return iter([name for name in self._relays if not self._gone(name)])
 
     def __len__(self) -> int:
-        return len(self._live())
+        return sum(1 for _ in self)
 
 
 @dataclasses.dataclass

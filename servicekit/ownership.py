@@ -153,6 +153,7 @@ class OwnershipGuard:
         self._table = table
         # Decommissioning is one-way: once seen, never asked again.
         self._retired = False
+        self._archived = False
         self._side = side
         self._group = group
         self._table_paths = table_paths
@@ -237,9 +238,12 @@ class OwnershipGuard:
         """Whether the module's tables have left this migrated database (the
         ownership table is one of them). A database no migration has run on
         yet is not archived: it is empty."""
+        if self._archived:
+            return True  # archiving is one-way, like retiring
         with self._engine.connect() as connection:
             inspector = sa.inspect(connection)
             gone = not inspector.has_table(self._table.name) and inspector.has_table(MIGRATED_MARK)
+        self._archived = gone
         self._retired = self._retired or gone
         return gone
 

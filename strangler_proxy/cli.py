@@ -160,6 +160,9 @@ def set_mode(
     wait_seconds: float,
 ) -> None:
     """Set ROUTE to MODE (canary takes a PERCENT)."""
+    # Without --revision, "the route as it is now": a change that lands between
+    # our read and our write (an auto-demotion, say) is named, and moved from.
+    looked = revision is not None
     if revision is None:
         revision = admin.call("GET", f"/routes/{route}")["revision"]
     body: dict[str, Any] = {"mode": mode, "reason": reason, "revision": revision}
@@ -173,6 +176,11 @@ def set_mode(
             changed = admin.call("PATCH", f"/routes/{route}", json=body)
             break
         except Refused as refusal:
+            moved_meanwhile = refusal.fields.get("current_revision")
+            if moved_meanwhile is not None and not looked and moved_meanwhile != body["revision"]:
+                click.echo(f"the route changed meanwhile (revision {moved_meanwhile})", err=True)
+                body["revision"] = moved_meanwhile
+                continue
             # Only the data gate's refusals can clear by themselves (a lag
             # falls, a backfill ends); every other refusal is final.
             if "gate" not in refusal.fields or time.monotonic() >= deadline:

@@ -28,7 +28,6 @@ from servicekit.web import error_envelope
 from strangler_proxy import headers as rules
 from strangler_proxy.domain import (
     MONOLITH,
-    SAFE_METHODS,
     SHADOWED_METHODS,
     BadPath,
     Ownership,
@@ -287,10 +286,7 @@ class Dispatcher:
                 if route is None or primary == MONOLITH:
                     raise
                 service_failed = True
-                # Not for a data route: the service owns these records, and the
-                # monolith refuses what it does not own (409 not_owner) — a
-                # client must hear "try again" (the failure), not "wrong side".
-                if not (route.fallback and method in SAFE_METHODS) or route.data is not None:
+                if not route.may_fall_back(method):
                     raise
                 logger.warning("falling back to the monolith for %s: %s", route.name, failure)
                 used = MONOLITH

@@ -82,6 +82,13 @@ class Route:
             return False
         return self._regex.match(path) is not None  # type: ignore[attr-defined]
 
+    def may_fall_back(self, method: str) -> bool:
+        """Answer from the monolith when the service cannot be reached? Only
+        safe methods, and never a data route: the service owns its records,
+        and the monolith refuses what it does not own (409 not_owner) — a
+        client must hear "try again" (the failure), not "wrong side"."""
+        return self.fallback and method in SAFE_METHODS and self.data is None
+
     def upstream_for(self, key: str) -> str:
         """The upstream a request with canary ``key`` goes to (the primary one)."""
         if self.mode == "service":

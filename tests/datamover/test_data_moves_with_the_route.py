@@ -17,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from demo.loadgen import a_plan
 from servicekit.buckets import bucket
 from tests.extracted.deployment import (
     Deployment,
@@ -51,18 +52,6 @@ def strangler(system: Deployment, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [str(BIN / "strangler"), *args], env=env, capture_output=True, text=True, timeout=120
     )
-
-
-def a_plan(proxy: httpx.Client) -> dict[str, Any]:
-    """A plan of 25 EUR a month (a record of no user: the table's owner takes it)."""
-    body = {
-        "code": unique("plan"),
-        "name": "Pro",
-        "price_minor": 2_500,
-        "currency": "EUR",
-        "interval": "month",
-    }
-    return created(proxy.post("/billing/plans", json=body))
 
 
 def a_customer(proxy: httpx.Client) -> dict[str, Any]:

@@ -17,16 +17,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from demo.loadgen import a_plan
 from tests.conftest import BACKENDS
 from tests.datamover.test_data_moves_with_the_route import (
     _admin,
-    a_plan,
     a_user_with_an_invoice,
     strangler,
 )
 from tests.datamover.test_journey import converged_at
-from tests.extracted.deployment import Deployment, answered, created, deployed, kinds_of
-from tests.support.databases import fresh_database
+from tests.extracted.deployment import Deployment, answered, created, kinds_of, moving_data
 from tests.support.ids import unique
 from tests.support.processes import poll
 
@@ -46,18 +45,7 @@ BILLING_TABLES = (
 
 @pytest.fixture(params=BACKENDS)
 def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    with (
-        fresh_database(request.param, tmp_path, "decom_monolith") as monolith,
-        fresh_database(request.param, tmp_path, "decom_service") as service,
-        deployed(
-            tmp_path,
-            billing_adapter="inprocess",
-            with_service=True,
-            databases=(monolith, service),
-        ) as deployment,
-    ):
-        deployment.start_mover(LEASE_SECONDS=2, POLL_SECONDS=0.02)
-        deployment.start_proxy()
+    with moving_data(request.param, tmp_path, lease_seconds=2) as deployment:
         yield deployment
 
 

@@ -33,13 +33,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from demo.loadgen import Crowd
+from demo.loadgen import Crowd, a_plan
 from strangler_proxy.control import DEMOTION_ACTOR
 from strangler_proxy.domain import Route, desired_ownership
 from tests.conftest import BACKENDS
-from tests.datamover.test_data_moves_with_the_route import _admin, a_plan, strangler
-from tests.extracted.deployment import Deployment, deployed
-from tests.support.databases import fresh_database
+from tests.datamover.test_data_moves_with_the_route import _admin, strangler
+from tests.extracted.deployment import Deployment, moving_data
 from tests.support.processes import poll
 
 pytestmark = pytest.mark.e2e
@@ -74,19 +73,12 @@ JOURNEY_BACKENDS = os.environ.get("JOURNEY_BACKENDS", "sqlite,postgres").split("
 @pytest.fixture(params=[b for b in BACKENDS if b in JOURNEY_BACKENDS])
 def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
     """Everything as real processes, on SQLite files or two PostgreSQL databases."""
-    with (
-        fresh_database(request.param, tmp_path, "journey_monolith") as monolith,
-        fresh_database(request.param, tmp_path, "journey_service") as service,
-        deployed(
-            tmp_path,
-            billing_adapter="inprocess",
-            with_service=True,
-            databases=(monolith, service),
-            service_settings={"IDEMPOTENCY_LOCK_SECONDS": IDEMPOTENCY_LOCK_SECONDS},
-        ) as deployment,
-    ):
-        deployment.start_mover(LEASE_SECONDS=1.5, POLL_SECONDS=0.02)
-        deployment.start_proxy()
+    with moving_data(
+        request.param,
+        tmp_path,
+        lease_seconds=1.5,
+        service_settings={"IDEMPOTENCY_LOCK_SECONDS": IDEMPOTENCY_LOCK_SECONDS},
+    ) as deployment:
         yield deployment
 
 

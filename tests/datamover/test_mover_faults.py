@@ -5,12 +5,17 @@ refusals that must survive a stop."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
 from datamover.app import create_app, runners_of
 from datamover.runner import Refused
+from datamover.state import StateStore
 from tests.datamover.support import (
     FAST,
     Pair,
@@ -178,3 +183,23 @@ def test_a_vacuum_of_the_monolith_mid_copy_starts_the_table_over_and_loses_nothi
         same_rows(pair)
     finally:
         runner.close()
+
+
+def test_a_mover_starting_on_a_busy_sqlite_database_waits_its_turn(tmp_path: Path) -> None:
+    """A seed holding SQLite's one write lock while the mover boots made it
+    exit ("database is locked"); it now waits, with a log line."""
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE seed (n INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")  # a writer that holds the lock for a while
+    holder.execute("INSERT INTO seed VALUES (1)")
+    impatient = sa.create_engine(url, connect_args={"timeout": 0.05})
+    release = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        store = StateStore(impatient, "billing")
+        assert store.load().name == "billing"
+    finally:
+        release.join()
+        holder.close()
+        impatient.dispose()

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.databases import migrate
+from tests.support.databases import fresh_database, migrate
 from tests.support.processes import BIN, Process, Server, free_port, poll
 
 #: Both deployables trust this key in tests (never the development default).
@@ -241,6 +241,33 @@ def deployed(
         yield deployment
     finally:
         deployment.stop()
+
+
+@contextlib.contextmanager
+def moving_data(
+    backend: str,
+    directory: Path,
+    *,
+    lease_seconds: float,
+    service_settings: dict[str, str] | None = None,
+) -> Iterator[Deployment]:
+    """Everything a data move needs as real processes — monolith, service,
+    relays, the data mover and the proxy — on ``backend``'s databases
+    (SQLite files, or two PostgreSQL databases made and dropped here)."""
+    with (
+        fresh_database(backend, directory, "moving_monolith") as monolith,
+        fresh_database(backend, directory, "moving_service") as service,
+        deployed(
+            directory,
+            billing_adapter="inprocess",
+            with_service=True,
+            databases=(monolith, service),
+            service_settings=service_settings,
+        ) as deployment,
+    ):
+        deployment.start_mover(LEASE_SECONDS=lease_seconds, POLL_SECONDS=0.02)
+        deployment.start_proxy()
+        yield deployment
 
 
 # -- the APIs, in a few verbs ----------------------------------------------------

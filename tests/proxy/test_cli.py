@@ -20,11 +20,13 @@ class ScriptedAdmin:
     def __init__(self, refusals: list[cli.Refused]) -> None:
         self.refusals = refusals
         self.patches = 0
+        self.revisions: list[int] = []
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         if method == "GET":
             return {"revision": 7}
         self.patches += 1
+        self.revisions.append(kwargs["json"]["revision"])
         if self.refusals:
             raise self.refusals.pop(0)
         return {"mode": kwargs["json"]["mode"], "percent": 0, "revision": 8}
@@ -66,3 +68,25 @@ def test_a_refusal_says_each_field_once_and_in_words() -> None:
     assert fields == "\n  json.percent: Must be between 0 and 100."
     listed = cli._field_lines("refused", {"percent": ["Must be between 0 and 100.", "Odd."]})
     assert listed == "\n  percent: Must be between 0 and 100.; Odd."
+
+
+def test_a_route_moved_between_read_and_write_is_moved_from_where_it_is_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stale = cli.Refused(
+        "refused (409): route is at revision 9, not 7", 409, {"current_revision": 9}
+    )
+    admin = ScriptedAdmin([stale])
+    result = run(admin, monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert admin.patches == 2 and admin.revisions == [7, 9]
+    assert "changed meanwhile (revision 9)" in result.output
+
+
+def test_a_revision_the_operator_gave_is_never_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = cli.Refused(
+        "refused (409): route is at revision 9, not 7", 409, {"current_revision": 9}
+    )
+    admin = ScriptedAdmin([stale])
+    result = run(admin, "--revision", "7", monkeypatch=monkeypatch)
+    assert result.exit_code == 1 and admin.patches == 1

@@ -249,3 +249,11 @@ def test_a_success_resets_the_count_of_failures():
     breaker.succeeded()
     breaker.failed()
     assert breaker.state == "closed"
+
+
+def test_only_safe_reads_of_routes_without_data_fall_back_to_the_monolith() -> None:
+    assert route("plain", "/p/**").may_fall_back("GET")
+    assert not route("plain", "/p/**").may_fall_back("POST")
+    assert not route("plain", "/p/**", fallback=False).may_fall_back("GET")
+    # the service owns a data route's records: the monolith would refuse them
+    assert not route("ledger", "/l/**", data="billing").may_fall_back("GET")

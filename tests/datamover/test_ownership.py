@@ -213,6 +213,13 @@ def test_a_handover_under_writes_to_both_sides_loses_nothing_and_announces_each_
         traffic.wait_for(30)
         handover = hand_over(streaming, 50, "monolith")
         traffic.wait_for(30)
+        # 30 writes in all may all be other users': wait until each moving
+        # user has written once more (and so met its new owner).
+        poll(
+            lambda: all(c.side == "service" for c in people[:4]) or traffic.unexpected,
+            timeout=30,
+            message="a moving user never wrote to its new owner",
+        )
     assert not traffic.unexpected, traffic.unexpected[:3]
     settled(streaming)
 

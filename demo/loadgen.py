@@ -45,6 +45,8 @@ TRY_AGAIN = frozenset({502, 503, 504})
 #: A keyed payment whose first attempt timed out on the client is still being
 #: processed: a real client waits and asks again with the same key.
 IN_FLIGHT = b"idempotency_key_in_flight"
+#: The fence's 503: the user's records are being handed over (servicekit.ownership).
+MOVING = b"ownership_moving"
 #: How long a shopper keeps asking again before it calls the answer an error:
 #: long enough for a killed service to restart under a full test suite on 2 cores.
 GIVE_UP_SECONDS = 45.0
@@ -111,6 +113,9 @@ class Shopper(threading.Thread):
         self.cycles = 0
         self.sent = 0
         self.held = 0
+        #: Per call the fence held: (when it ended, seconds from the start of
+        #: its first held attempt to its answer, as this client saw it).
+        self.holds: list[tuple[float, float]] = []
         self.violations: list[str] = []
         self.errors: list[str] = []
         self.random = random.Random()
@@ -123,18 +128,27 @@ class Shopper(threading.Thread):
         response = None
         deadline = time.monotonic() + GIVE_UP_SECONDS
         pause = FIRST_PAUSE
+        held_since: float | None = None
         while time.monotonic() < deadline:
             self.sent += 1
+            attempt = time.monotonic()
             try:
                 response = self.client.request(method, path, **kwargs)
             except httpx.TransportError:
                 time.sleep(pause)
                 pause = min(MAX_PAUSE, pause * 2)
                 continue
+            fenced = response.status_code == 503 and MOVING in response.content
+            held_here = fenced or "fence;" in response.headers.get("Server-Timing", "")
+            if held_since is None and held_here:
+                held_since = attempt
             in_flight = response.status_code == 409 and IN_FLIGHT in response.content
             if response.status_code not in TRY_AGAIN and not in_flight:
+                if held_since is not None:
+                    now = time.monotonic()
+                    self.holds.append((time.time(), now - held_since))
                 return response
-            self.held += response.status_code == 503
+            self.held += fenced
             told = response.headers.get("Retry-After")
             time.sleep(float(told) / 4 if told else pause)
             pause = min(MAX_PAUSE, pause * 2)
@@ -257,6 +271,11 @@ class Crowd:
         return sum(s.held for s in self.shoppers)
 
     @property
+    def holds(self) -> list[tuple[float, float]]:
+        """Every call the fence held: (when it ended, seconds held), by time."""
+        return sorted(h for s in self.shoppers for h in s.holds)
+
+    @property
     def errors(self) -> list[str]:
         return [e for s in self.shoppers for e in s.errors]
 
@@ -271,9 +290,24 @@ class Crowd:
     def summary(self) -> str:
         return (
             f"{self.sent:,} requests, {self.cycles:,} purchases by {len(self.shoppers)} users, "
-            f"{self.held:,} held by the fence (503, asked again), "
+            f"{hold_figures([h for _, h in self.holds])}, "
             f"{len(self.errors) + len(self.violations)} errors seen by users"
         )
+
+
+def hold_figures(holds: Sequence[float]) -> str:
+    """How the fence held calls, as their clients saw it: count, p50, p99, max."""
+    if not holds:
+        return "no call held by the fence"
+    ordered = sorted(holds)
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+    return (
+        f"{len(ordered)} calls held by the fence: p50 {at(0.5) * 1000:.0f} ms, "
+        f"p99 {at(0.99) * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+    )
 
 
 class Load:

@@ -111,6 +111,7 @@ class Proxy:
             shadower=self.shadower,
             max_body=int(settings["MAX_BODY_BYTES"]),
             body_timeout=float(settings["BODY_TIMEOUT"]),
+            fence_hold=float(settings["FENCE_HOLD"]),
             canary_header=str(settings["CANARY_HEADER"]),
             canary_cookie=str(settings["CANARY_COOKIE"]),
             trusted_peers=frozenset(filter(None, str(settings["TRUSTED_PEERS"]).split(","))),

@@ -46,6 +46,10 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 #: A client that reads none of its answer for this many seconds is cut off
 #: (nginx's send_timeout, 60 s): it would hold an upstream connection forever.
 DEFAULT_SEND_TIMEOUT = 30.0
+#: How long a request for records being handed over is held (the new owner
+#: asked again and again) before its 503 is passed on: a handover holds writes
+#: for tens of milliseconds; a mover restarting mid-handover, for its lease.
+DEFAULT_FENCE_HOLD = 2.0
 
 
 def defaults() -> dict[str, Any]:
@@ -86,6 +90,7 @@ def defaults() -> dict[str, Any]:
         "MAX_HEADER_BYTES": DEFAULT_MAX_HEADER_BYTES,
         "HEADER_TIMEOUT": DEFAULT_HEADER_TIMEOUT,
         "SEND_TIMEOUT": DEFAULT_SEND_TIMEOUT,
+        "FENCE_HOLD": DEFAULT_FENCE_HOLD,
         "ACCESS_LOG": True,
     }
 

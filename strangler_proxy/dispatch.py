@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from servicekit.ownership import NotOwner, OwnershipMoving
 from servicekit.requestids import bound_request_id
 from servicekit.web import error_envelope
 from strangler_proxy import headers as rules
@@ -56,9 +57,13 @@ RAW_TARGET = "strangler.raw_target"
 TRANSPORT = "strangler.transport"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: How an app says "these records are the other side's" (servicekit.ownership).
-NOT_OWNER_CODE = b'"not_owner"'
-#: A refusal is a small JSON envelope; a bigger 409 body is passed on as it is.
-NOT_OWNER_PEEK_BYTES = 16 * 1024
+NOT_OWNER_CODE = f'"{NotOwner.code}"'.encode()
+#: How an app says "these records are being handed over, ask again".
+MOVING_CODE = f'"{OwnershipMoving.code}"'.encode()
+#: A refusal is a small JSON envelope; a bigger 409 or 503 body is passed on as it is.
+OWNERSHIP_PEEK_BYTES = 16 * 1024
+#: Asking again for records being handed over: 10 ms, doubling to 100 ms.
+FENCE_FIRST_PAUSE, FENCE_MAX_PAUSE = 0.01, 0.1
 
 
 class TableHolder:
@@ -112,6 +117,7 @@ class Dispatcher:
         shadower: Shadower,
         max_body: int,
         body_timeout: float,
+        fence_hold: float,
         canary_header: str,
         canary_cookie: str,
         trusted_peers: frozenset[str],
@@ -125,6 +131,7 @@ class Dispatcher:
         self.shadower = shadower
         self.max_body = max_body
         self.body_timeout = body_timeout
+        self.fence_hold = fence_hold
         self.canary_header = canary_header.lower().encode("latin-1")
         self.canary_cookie = canary_cookie.encode("latin-1") + b"="
         self.trusted_peers = trusted_peers
@@ -225,39 +232,11 @@ class Dispatcher:
 
         peer = scope["client"][0] if scope.get("client") else ""
         primary = MONOLITH
+        key: bytes | None = None
         if route is not None and route.data is not None:
             # Records that move: sent to the side that owns them, in every mode.
             key = rules.canary_key(facts, headers, self.canary_header, self.canary_cookie)
-            owner = owner_of(
-                route,
-                key.decode("latin-1") if key else None,
-                method,
-                self.owners.by_move.get(route.data),
-            )
-            if owner is None:
-                await _error(
-                    send,
-                    503,
-                    f"this user's {route.data} records are being handed over; retry in a second",
-                    request_id,
-                    [(b"retry-after", b"1")],
-                )
-                self.record(
-                    Record(
-                        route.name,
-                        mode,
-                        "-",
-                        method,
-                        path,
-                        503,
-                        _since(started),
-                        request_id,
-                        None,
-                        "fenced",
-                    )
-                )
-                return
-            primary = owner
+            primary = self._owner(route, key)
         elif route is not None and route.mode in ("canary", "service"):
             key = rules.canary_key(facts, headers, self.canary_header, self.canary_cookie)
             primary = route.upstream_for(
@@ -275,6 +254,7 @@ class Dispatcher:
         retry = method in IDEMPOTENT_METHODS and not body
 
         used = primary
+        held, fence_note = 0.0, ""
         service_failed: bool | None = None
         response: UpstreamResponse | _Buffered
         try:
@@ -294,12 +274,13 @@ class Dispatcher:
                     method, target, forwarded, b"", retry=True
                 )
             else:
-                if route is not None and route.data is not None and response.status == 409:
-                    response, used = await self._other_owner(
-                        route, response, method, target, forwarded, body, retry, used
+                if route is not None and route.data is not None and response.status in (409, 503):
+                    response, used, held, fence_note = await self._follow_the_owner(
+                        route, key, response, method, target, forwarded, body, retry, used
                     )
                 if route is not None and used != MONOLITH:
-                    service_failed = response.status >= 500
+                    # the fence's "ask again" is the data move's, not a failure
+                    service_failed = response.status >= 500 and fence_note != "fenced"
         except UpstreamFailed as failure:
             extra = (
                 [(b"retry-after", str(failure.retry_after).encode())] if failure.retry_after else []
@@ -332,7 +313,7 @@ class Dispatcher:
                 self.shadower.skipped(route)
                 shadow = False
         note, captured = await self._stream(
-            send, scope.get(TRANSPORT), response, request_id, used, capture=shadow
+            send, scope.get(TRANSPORT), response, request_id, used, capture=shadow, held=held
         )
         status = response.status
         if note == "client-gone":
@@ -350,7 +331,7 @@ class Dispatcher:
                 _since(started),
                 request_id,
                 service_failed,
-                note,
+                note or fence_note,
             )
         )
         if shadow:
@@ -368,9 +349,16 @@ class Dispatcher:
                     (status, captured),
                 )
 
-    async def _other_owner(
+    def _owner(self, route: Route, key: bytes | None) -> str:
+        assert route.data is not None
+        return owner_of(
+            route, key.decode("latin-1") if key else None, self.owners.by_move.get(route.data)
+        )
+
+    async def _follow_the_owner(
         self,
         route: Route,
+        key: bytes | None,
         response: UpstreamResponse | _Buffered,
         method: str,
         target: bytes,
@@ -378,17 +366,49 @@ class Dispatcher:
         body: bytes,
         retry: bool,
         used: str,
-    ) -> tuple[UpstreamResponse | _Buffered, str]:
-        """A side that does not own the records refused them (409 ``not_owner``,
-        nothing applied): this worker's view of the owners is stale by a
-        handover. Ask the other side, once."""
+    ) -> tuple[UpstreamResponse | _Buffered, str, float, str]:
+        """The apps have the last word on who owns a record, and both of
+        these answers say that nothing was applied:
+
+        - 409 ``not_owner``: this worker's view of the owners is stale by a
+          handover. Ask the other side, once.
+        - 503 ``ownership_moving``: the records are being handed over. Hold
+          the request and ask the owner again (by the newest view) until the
+          handover is done, for at most ``fence_hold`` seconds; then the 503
+          and its ``Retry-After`` go to the client.
+
+        Returns the answer to pass on, who gave it, how long it was held, and
+        a note for the access log: "held" (then answered), "fenced" (the 503
+        passed on) or ""."""
         assert isinstance(response, UpstreamResponse)
-        seen = await response.read(NOT_OWNER_PEEK_BYTES)
-        if seen is None or NOT_OWNER_CODE not in seen:
-            return _Buffered(response, seen or b""), used
-        response.close()
-        other = route.service if used == MONOLITH else MONOLITH
-        return await self.upstreams[other].send(method, target, forwarded, body, retry=retry), other
+        started = time.monotonic()
+        pause = FENCE_FIRST_PAUSE
+        asked_other = waited = False
+
+        def held() -> float:
+            return time.monotonic() - started if waited else 0.0
+
+        while True:
+            seen = await response.read(OWNERSHIP_PEEK_BYTES)
+            if seen is not None and response.status == 409 and NOT_OWNER_CODE in seen:
+                if asked_other:
+                    return _Buffered(response, seen), used, held(), _held(held())
+                asked_other = True
+                used = route.service if used == MONOLITH else MONOLITH
+            elif seen is not None and response.status == 503 and MOVING_CODE in seen:
+                if time.monotonic() - started + pause > self.fence_hold:
+                    return _Buffered(response, seen), used, held(), "fenced"
+                waited = True
+                await asyncio.sleep(pause)
+                pause = min(FENCE_MAX_PAUSE, pause * 2)
+                asked_other = False  # the handover may end either way
+                used = self._owner(route, key)
+            else:
+                return _Buffered(response, seen or b""), used, held(), _held(held())
+            response.close()
+            response = await self.upstreams[used].send(method, target, forwarded, body, retry=retry)
+            if response.status not in (409, 503):
+                return response, used, held(), _held(held())
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole request body, or why not. A client that stalls longer than
@@ -420,9 +440,11 @@ class Dispatcher:
         upstream: str,
         *,
         capture: bool,
+        held: float = 0.0,
     ) -> tuple[str, bytes | None]:
         """Stream the answer; returns what cut it short ("" if nothing did)
-        and, when ``capture``, the body (None when too big or incomplete)."""
+        and, when ``capture``, the body (None when too big or incomplete).
+        A request the fence ``held`` says for how long (``Server-Timing``)."""
         captured: list[bytes] | None = [] if capture else None
         size = 0
         try:
@@ -430,7 +452,7 @@ class Dispatcher:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": rules.response_headers(response.headers, request_id),
+                    "headers": rules.response_headers(response.headers, request_id, held),
                 }
             )
             async for chunk in response.chunks():
@@ -494,6 +516,10 @@ def _target(scope: Scope) -> tuple[str, bytes]:
 
 def _decoded(path: str) -> str:
     return unquote(path, encoding="latin-1")
+
+
+def _held(seconds: float) -> str:
+    return "held" if seconds > 0 else ""
 
 
 def _name(route: Route | None) -> str | None:

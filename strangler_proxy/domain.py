@@ -132,11 +132,13 @@ TABLE_SLOT = USER_BUCKETS
 class Ownership:
     """Who owns a data move's records now, as the data mover reports it
     (its status's ``ownership``): the buckets below ``service_buckets``, and
-    the records of no user when ``plans_on_service``, are the service's."""
+    the records of no user when ``plans_on_service``, are the service's.
+    ``heading`` is where the mover is taking them (its goal), when it has one."""
 
     service_buckets: int = 0
     plans_on_service: bool = False
     moving: frozenset[int] = frozenset()
+    heading: Ownership | None = None
 
     @classmethod
     def from_status(cls, status: dict[str, Any] | None) -> Ownership | None:
@@ -144,24 +146,36 @@ class Ownership:
         reported = (status or {}).get("ownership") or {}
         if "service_buckets" not in reported:
             return None
+        heading = None
+        if reported.get("desired") is not None:
+            heading = cls(
+                service_buckets=int(reported["desired"]),
+                plans_on_service=reported.get("desired_plans") == "service",
+            )
         return cls(
             service_buckets=int(reported["service_buckets"]),
             plans_on_service=reported.get("plans") == "service",
             moving=frozenset(int(slot) for slot in reported.get("moving") or ()),
+            heading=heading,
         )
 
     def on_service(self, slot: int) -> bool:
+        """Whether the service owns ``slot`` — for a slot being handed over,
+        once the handover is done."""
+        if slot in self.moving and self.heading is not None:
+            return self.heading.on_service(slot)
         return self.plans_on_service if slot == TABLE_SLOT else slot < self.service_buckets
 
 
-def owner_of(route: Route, key: str | None, method: str, ownership: Ownership | None) -> str | None:
+def owner_of(route: Route, key: str | None, ownership: Ownership | None) -> str:
     """The upstream that owns the records a request to a data route acts on:
     a user's by their bucket (the key), the others' by the table's owner.
 
-    None while those records are being handed over and the request writes:
-    it must wait (503 + Retry-After), never land on the side giving them up.
-    Without a word from the mover, the route's mode and percent decide, and
-    an app that does not own the records refuses them (409 ``not_owner``).
+    Records being handed over go to their new owner: it answers 503
+    ``ownership_moving`` until the handover is done, and the data plane holds
+    the request meanwhile. Without a word from the mover, the route's mode
+    and percent decide. Either way the apps have the last word: one that
+    does not own the records refuses them (409 ``not_owner``).
     """
     assert route.data is not None
     slot = bucket(route.data, key) if key else TABLE_SLOT
@@ -169,8 +183,6 @@ def owner_of(route: Route, key: str | None, method: str, ownership: Ownership | 
         on_service = route.mode == "service" or (
             route.mode == "canary" and slot != TABLE_SLOT and slot < route.percent
         )
-    elif slot in ownership.moving and method not in SAFE_METHODS:
-        return None
     else:
         on_service = ownership.on_service(slot)
     return route.service if on_service else MONOLITH

@@ -180,8 +180,11 @@ def upstream_headers(
     return result
 
 
-def response_headers(headers: Iterable[tuple[bytes, bytes]], request_id: str) -> Headers:
-    """The upstream's response headers as the client gets them."""
+def response_headers(
+    headers: Iterable[tuple[bytes, bytes]], request_id: str, held: float = 0.0
+) -> Headers:
+    """The upstream's response headers as the client gets them; a request the
+    fence held says for how long (``Server-Timing: fence;dur=<ms>``)."""
     connection_named: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
@@ -196,4 +199,6 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]], request_id: str) ->
         result.append((name, value))
     if not has_request_id:
         result.append((b"X-Request-ID", request_id.encode("ascii")))
+    if held:
+        result.append((b"Server-Timing", f"fence;dur={held * 1000:.1f}".encode("ascii")))
     return result

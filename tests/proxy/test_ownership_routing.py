@@ -1,15 +1,20 @@
 """Routes whose records move (``data``) are sent to the side that owns the
 records a request acts on — by the acting user's bucket, or the table's owner
-for records of no user — whatever the route's mode; a write to a user being
-handed over waits (503 + Retry-After); a side that refuses records it does
-not own (409 ``not_owner``) makes the proxy ask the other side, once."""
+for records of no user — whatever the route's mode; a request for records
+being handed over goes to their new owner and is held while it answers 503
+``ownership_moving`` (at most ``FENCE_HOLD``, then the 503 is passed on); a
+side that refuses records it does not own (409 ``not_owner``) makes the proxy
+ask the other side, once."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from servicekit.buckets import bucket
@@ -37,31 +42,52 @@ def users_on(side: str, service_buckets: int, count: int = 3) -> list[str]:
 def test_owners_by_bucket_and_the_table_owner_for_records_of_no_user() -> None:
     half = Ownership(service_buckets=50)
     for user in users_on("service", 50):
-        assert owner_of(LEDGER, user, "POST", half) == "billing"
+        assert owner_of(LEDGER, user, half) == "billing"
     for user in users_on("monolith", 50):
-        assert owner_of(LEDGER, user, "GET", half) == "monolith"
-    assert owner_of(LEDGER, None, "POST", half) == "monolith"
-    assert owner_of(LEDGER, None, "POST", Ownership(100, plans_on_service=True)) == "billing"
+        assert owner_of(LEDGER, user, half) == "monolith"
+    assert owner_of(LEDGER, None, half) == "monolith"
+    assert owner_of(LEDGER, None, Ownership(100, plans_on_service=True)) == "billing"
 
 
-def test_a_moving_users_writes_wait_and_reads_stay_with_the_old_owner() -> None:
+def test_records_being_handed_over_go_to_their_new_owner_and_nobody_elses() -> None:
     user = users_on("monolith", 50, 1)[0]
-    moving = Ownership(service_buckets=0, moving=frozenset({bucket("billing", user)}))
-    assert owner_of(LEDGER, user, "POST", moving) is None
-    assert owner_of(LEDGER, user, "GET", moving) == "monolith"
-    other = users_on("monolith", 0, 50)
-    held = [u for u in other if owner_of(LEDGER, u, "POST", moving) is None]
-    assert held == [user]  # nobody else is held
-    assert owner_of(LEDGER, None, "POST", moving) == "monolith"
-    assert TABLE_SLOT not in moving.moving
+    slot = bucket("billing", user)
+    heading = Ownership(service_buckets=slot + 1)
+    moving = Ownership(service_buckets=slot, moving=frozenset({slot}), heading=heading)
+    assert owner_of(LEDGER, user, moving) == "billing"
+    others = [u for u in users_on("monolith", 0, 200) if bucket("billing", u) != slot]
+    assert {owner_of(LEDGER, u, moving) for u in others} == {
+        "billing" if bucket("billing", u) < slot else "monolith" for u in others
+    }
+    assert owner_of(LEDGER, None, moving) == "monolith"
+    # Not knowing where they go, the old owner is asked (and says "moving" too).
+    unknown = dataclasses.replace(moving, heading=None)
+    assert owner_of(LEDGER, user, unknown) == "monolith"
+
+
+def test_the_mover_s_status_says_where_the_records_are_heading() -> None:
+    status = {
+        "ownership": {
+            "service_buckets": 10,
+            "plans": "monolith",
+            "moving": list(range(10, 50)),
+            "desired": 50,
+            "desired_plans": "monolith",
+        }
+    }
+    ownership = Ownership.from_status(status)
+    assert ownership is not None
+    assert ownership.heading == Ownership(service_buckets=50)
+    assert ownership.on_service(30) and ownership.on_service(5) and not ownership.on_service(60)
+    assert not ownership.on_service(TABLE_SLOT)
 
 
 def test_without_a_word_from_the_mover_the_mode_decides() -> None:
     canary = dataclasses.replace(LEDGER, mode="canary", percent=50)
     user = users_on("service", 50, 1)[0]
-    assert owner_of(canary, user, "GET", None) == "billing"
-    assert owner_of(canary, None, "GET", None) == "monolith"
-    assert owner_of(dataclasses.replace(LEDGER, mode="service"), None, "GET", None) == "billing"
+    assert owner_of(canary, user, None) == "billing"
+    assert owner_of(canary, None, None) == "monolith"
+    assert owner_of(dataclasses.replace(LEDGER, mode="service"), None, None) == "billing"
 
 
 def test_what_each_mode_asks_of_the_mover() -> None:
@@ -135,17 +161,63 @@ def test_each_request_goes_to_the_owner_of_its_users_records(owned) -> None:  # 
     assert upstream_of(client.get("/ledger/x")) == "monolith"  # no user: the table's owner
 
 
-def test_a_write_of_a_user_being_handed_over_gets_503_and_retry_after(owned) -> None:  # type: ignore[no-untyped-def]
-    proxy, client, mover = owned
+def moving_to_the_service(proxy: Proxy, mover: Mover) -> str:
+    """A user whose bucket is being handed to the service, as the mover says."""
     user = users_on("monolith", 50, 1)[0]
-    owns(proxy, mover, {"service_buckets": 0, "moving": [bucket("billing", user)]})
+    slot = bucket("billing", user)
+    owns(proxy, mover, {"service_buckets": slot, "moving": [slot], "desired": slot + 1})
+    return user
 
-    held = client.post("/billing/x", json={}, headers={"X-User-ID": user})
 
-    assert held.status_code == 503
-    assert held.headers["Retry-After"] == "1"
-    assert "being handed over" in held.json()["message"]
-    assert upstream_of(client.get("/billing/x", headers={"X-User-ID": user})) == "monolith"
+def test_a_request_for_records_being_handed_over_is_held_until_the_new_owner_takes_it(
+    owned: Any, tmp_path: Path
+) -> None:
+    proxy, client, mover = owned
+    user = moving_to_the_service(proxy, mover)
+    handover = tmp_path / "handover"
+    handover.touch()
+    asked = tmp_path / "handover.asked"
+    answers: list[httpx.Response] = []
+    writer = threading.Thread(
+        target=lambda: answers.append(
+            client.post(
+                "/billing/moving", params={"handover": str(handover)}, headers={"X-User-ID": user}
+            )
+        )
+    )
+    writer.start()
+    poll(
+        lambda: asked.exists() and len(asked.read_text().split()) >= 2,
+        timeout=5,
+        message="the proxy did not ask the new owner again",
+    )
+    handover.unlink()  # the handover is done: the new owner takes the write
+    writer.join(timeout=10)
+
+    assert upstream_of(answers[0]) == "billing"
+    assert set(asked.read_text().split()) == {"billing"}  # never the old owner
+    timing = answers[0].headers["Server-Timing"]
+    assert timing.startswith("fence;dur=") and float(timing.split("=")[1]) > 0
+
+
+def test_a_handover_longer_than_the_hold_passes_the_503_on(
+    make_proxy: Callable[..., Proxy], tmp_path: Path
+) -> None:
+    proxy = make_proxy(ROUTES_FILE=str(HERE / "data_routes.toml"), FENCE_HOLD=0.2)
+    mover = Mover()
+    proxy.control.data = mover  # type: ignore[assignment]
+    handover = tmp_path / "handover"
+    handover.touch()
+    with client_for(proxy) as client:
+        user = moving_to_the_service(proxy, mover)
+
+        answer = client.post(
+            "/billing/moving", params={"handover": str(handover)}, headers={"X-User-ID": user}
+        )
+
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "ownership_moving"
+    assert len((tmp_path / "handover.asked").read_text().split()) > 1  # held, asked again
 
 
 def test_a_stale_view_is_corrected_by_the_side_that_does_not_own(owned) -> None:  # type: ignore[no-untyped-def]

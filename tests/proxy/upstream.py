@@ -3,8 +3,10 @@
 It says who it is (``UPSTREAM_NAME``), echoes what it received, and injects
 faults on demand: slow answers (``/slow``, or every answer after
 ``DELAY_SECONDS``), a reset in the middle of a body, any status,
-"fail everything" while the file named by ``FAIL_FLAG`` exists, and a 409
-``not_owner`` under ``/ledger/mine-on-<other>`` (an app refusing records it does not own).
+"fail everything" while the file named by ``FAIL_FLAG`` exists, a 409
+``not_owner`` under ``/ledger/mine-on-<other>`` (an app refusing records it does not own),
+and a 503 ``ownership_moving`` at ``.../moving`` while the file named by the
+``handover`` query parameter exists (each such answer adds a line to ``<handover>.asked``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     if path.startswith("/ledger/mine-on-") and not path.startswith(f"/ledger/mine-on-{NAME}"):
         # an app that does not own the records refuses them, as servicekit.ownership does
         return _json(start_response, 409, {"status": 409, "code": "not_owner", "upstream": NAME})
+    handover = query.get("handover")
+    if path.endswith("/moving") and handover and os.path.exists(handover):
+        # records being handed over, as servicekit.ownership answers meanwhile
+        with open(handover + ".asked", "a") as asked:
+            asked.write(f"{NAME}\n")
+        return _json(
+            start_response, 503, {"status": 503, "code": "ownership_moving", "upstream": NAME}
+        )
     if path.endswith("/conflict"):  # a 409 about something else
         return _json(start_response, 409, {"status": 409, "code": "conflict", "upstream": NAME})
     if path.startswith("/status/"):

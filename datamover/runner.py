@@ -33,13 +33,10 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -54,7 +51,7 @@ from datamover.metrics import Metrics
 from datamover.moves import Move
 from datamover.ownership import Fence, Goal, OwnershipStore, SlotFinder
 from datamover.schema import SchemaMismatch, TableSpec, matching_tables
-from datamover.state import DONE, LeaseHeld, LeaseLost, MoveState, StateStore
+from datamover.state import DONE, LeaseHeld, LeaseLost, MoveState, StateStore, holder_name
 from datamover.verify import VerificationCancelled, Verifier
 from servicekit.errors import Conflict
 from servicekit.ownership import USER_BUCKETS
@@ -186,7 +183,7 @@ class MoveRunner:
         self._ownership_wanted = threading.Event()
         self._fence_thread: threading.Thread | None = None
         self._fence_error: str | None = None
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.holder = holder_name()
         self.sides = (move.source_side, move.target_side)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -203,6 +200,8 @@ class MoveRunner:
         self._verify_thread: threading.Thread | None = None
         self._cancel_verification = threading.Event()
         self._drained = threading.Condition()
+        #: Ends an idle loop's pause: a handover waits for the streams, or a halt.
+        self._wake = threading.Event()
         self._rate = 0.0
         self._waiting_for: str | None = None
         self._retry_pause = tuning.poll
@@ -590,6 +589,7 @@ class MoveRunner:
 
     def _halt(self, *, refuse: bool = True) -> None:
         self._stop.set()
+        self._wake.set()
         self._ownership_wanted.set()
         for thread in (self._thread, self._fence_thread):
             if thread is not None:
@@ -691,7 +691,7 @@ class MoveRunner:
                 elif self.tuning.nice:
                     self._stop.wait(self.tuning.nice * (time.monotonic() - started))
             elif not backlog:
-                self._stop.wait(self.tuning.poll)
+                self._idle()
             if state.phase == phases.STREAMING:
                 if time.time() - last_verified > self.tuning.verify_every:
                     self._ask_verification_once()
@@ -906,6 +906,14 @@ class MoveRunner:
             stream.drained_at = max(stream.drained_at, read_at)
             self._drained.notify_all()
 
+    def _idle(self) -> None:
+        """An idle loop's pause between turns: ``poll`` seconds, or less when a
+        handover is waiting for the streams. (A long poll makes bigger batches,
+        fewer statements and commits beside the monolith's; the fence must
+        not wait for it.)"""
+        self._wake.wait(self.tuning.poll)
+        self._wake.clear()
+
     def wait_for_capture(self, moment: float, timeout: float = 30.0) -> bool:
         """Block until every change committed before ``moment``, on either side,
         has been applied to the other."""
@@ -915,7 +923,8 @@ class MoveRunner:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.running:
                     return False
-                self._drained.wait(min(remaining, 0.5))
+                self._wake.set()
+                self._drained.wait(min(remaining, 0.05))
         return True
 
     # --- backfill ----------------------------------------------------------------

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -199,7 +202,18 @@ class StateStore:
                 row = connection.execute(
                     sa.select(t.holder, t.lease_until).where(t.name == self._name)
                 ).one()
-                raise LeaseHeld(row.holder, row.lease_until)
+                if not _died_on_this_host(row.holder):
+                    raise LeaseHeld(row.holder, row.lease_until)
+                # Its process is gone (SIGKILLed, say): waiting out its lease
+                # would only hold the users of a handover it left half-way.
+                connection.execute(
+                    moves_table.update()
+                    .where(t.name == self._name, t.holder == row.holder)
+                    .values(holder=holder, lease_until=now + seconds)
+                )
+                logger.warning(
+                    "move %s: took the lease of %s, whose process is gone", self._name, row.holder
+                )
 
     def fence(self, connection: Connection, holder: str, seconds: float) -> None:
         """Renew the lease as the first write of ``connection``'s transaction,
@@ -275,3 +289,31 @@ class StateStore:
                 )
             ).first()
         return None if row is None else Completion(*row)
+
+
+def holder_name() -> str:
+    """Who holds a lease: ``host:pid:nonce`` (the nonce tells two runs of one PID apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _died_on_this_host(holder: str | None) -> bool:
+    """Whether ``holder`` was a process of this host that no longer runs (a
+    zombie counts as gone). On another host only its lease can tell."""
+    host, _, rest = (holder or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    pid = int(pid_text)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc here: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False

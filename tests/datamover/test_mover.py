@@ -5,6 +5,7 @@ that finds planted faults, and the refusals that keep a copy from going wrong.""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import psycopg
 import pytest
@@ -84,6 +85,25 @@ def test_an_operator_update_outside_the_app_reaches_the_service(pair: Pair, move
 
     poll(arrived, timeout=10, message="the operator's change never reached the service")
     assert fresh_verdict(runner)["clean"]
+
+
+def test_a_handover_waiting_for_the_streams_does_not_wait_for_the_idle_poll(pair: Pair) -> None:
+    """An idle loop sleeps POLL_SECONDS between turns (bigger batches, fewer
+    commits beside the monolith's); a fence waiting to hand users over wakes it."""
+    app = create_app({"SOURCE_URL": pair.source, "TARGET_URL": pair.target, **FAST})
+    runner = runners_of(app)["billing"]
+    try:
+        runner.start()
+        wait_for_phase(runner.status, "streaming")
+        runner.tuning.poll = 60.0  # from the next idle pause on
+        poll(lambda: runner.wait_for_capture(time.time(), timeout=1), timeout=10)  # idle now
+        invoice = a_row_id(pair.source, "billing_invoices")
+        raw_sql(pair.source, f"UPDATE billing_invoices SET currency = 'GBP' WHERE id = '{invoice}'")
+
+        assert runner.wait_for_capture(time.time(), timeout=5), "the fence waited for the poll"
+        assert "GBP" in {row[0]: row for row in rows_of(pair.target, "billing_invoices")}[invoice]
+    finally:
+        runner.close()
 
 
 def test_verify_finds_each_planted_difference_with_its_key_and_both_values(

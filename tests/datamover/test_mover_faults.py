@@ -5,7 +5,9 @@ refusals that must survive a stop."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from flask import Flask
 
 from datamover.app import create_app, runners_of
 from datamover.runner import Refused
-from datamover.state import StateStore
+from datamover.state import LeaseHeld, StateStore
 from tests.datamover.support import (
     FAST,
     Pair,
@@ -49,6 +51,39 @@ def test_a_holder_whose_lease_was_taken_writes_nothing_more(pair: Pair, mover: F
         timeout=10,
         message="the change never arrived once the lease was free again",
     )
+
+
+def test_the_lease_of_a_mover_that_died_on_this_host_is_taken_at_once(
+    pair: Pair, mover: Flask
+) -> None:
+    """A SIGKILLed mover cannot release its lease; its successor on the same
+    host sees that the process is gone and does not wait the lease out. A
+    live process's lease, or another host's, is waited for."""
+    store = runners_of(mover)["billing"].store
+    store.acquire("first", 5.0)  # the move's row exists
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its PID names no process now
+    alive = subprocess.Popen(["sleep", "30"])
+    host = socket.gethostname()
+    try:
+        for holder, taken in (
+            (f"{host}:{dead.pid}:dead01", True),
+            (f"{host}:{alive.pid}:live01", False),
+            (f"another-host:{dead.pid}:far001", False),
+        ):
+            raw_sql(
+                pair.target,
+                f"UPDATE strangler_moves SET holder = '{holder}', lease_until = 4102444800",
+            )
+            if taken:
+                store.acquire("successor", 5.0)
+                assert store.load().holder == "successor"
+            else:
+                with pytest.raises(LeaseHeld):
+                    store.acquire("successor", 5.0)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_changes_that_only_work_in_their_order_are_applied_not_failed(

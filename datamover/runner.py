@@ -585,6 +585,9 @@ class MoveRunner:
         self._fence_thread = threading.Thread(
             target=self._converge, name=f"fence-{self.move.name}", daemon=True
         )
+        # Look at once: a mover that died mid-handover left slots moving, and
+        # their users are held until this one finishes the handover.
+        self._ownership_wanted.set()
         self._fence_thread.start()
 
     def _halt(self, *, refuse: bool = True) -> None:

@@ -161,11 +161,21 @@ def test_each_request_goes_to_the_owner_of_its_users_records(owned) -> None:  # 
     assert upstream_of(client.get("/ledger/x")) == "monolith"  # no user: the table's owner
 
 
-def moving_to_the_service(proxy: Proxy, mover: Mover) -> str:
-    """A user whose bucket is being handed to the service, as the mover says."""
+def moving_back_to_the_monolith(proxy: Proxy, mover: Mover) -> str:
+    """A user whose bucket the service is handing back (the route's mode,
+    monolith, asks for that too: the control loop leaves the goal alone)."""
     user = users_on("monolith", 50, 1)[0]
     slot = bucket("billing", user)
-    owns(proxy, mover, {"service_buckets": slot, "moving": [slot], "desired": slot + 1})
+    owns(
+        proxy,
+        mover,
+        {
+            "service_buckets": slot + 1,
+            "moving": list(range(slot + 1)),
+            "desired": 0,
+            "desired_plans": "monolith",
+        },
+    )
     return user
 
 
@@ -173,7 +183,7 @@ def test_a_request_for_records_being_handed_over_is_held_until_the_new_owner_tak
     owned: Any, tmp_path: Path
 ) -> None:
     proxy, client, mover = owned
-    user = moving_to_the_service(proxy, mover)
+    user = moving_back_to_the_monolith(proxy, mover)
     handover = tmp_path / "handover"
     handover.touch()
     asked = tmp_path / "handover.asked"
@@ -194,8 +204,8 @@ def test_a_request_for_records_being_handed_over_is_held_until_the_new_owner_tak
     handover.unlink()  # the handover is done: the new owner takes the write
     writer.join(timeout=10)
 
-    assert upstream_of(answers[0]) == "billing"
-    assert set(asked.read_text().split()) == {"billing"}  # never the old owner
+    assert upstream_of(answers[0]) == "monolith"
+    assert set(asked.read_text().split()) == {"monolith"}  # never the old owner
     timing = answers[0].headers["Server-Timing"]
     assert timing.startswith("fence;dur=") and float(timing.split("=")[1]) > 0
 
@@ -209,7 +219,7 @@ def test_a_handover_longer_than_the_hold_passes_the_503_on(
     handover = tmp_path / "handover"
     handover.touch()
     with client_for(proxy) as client:
-        user = moving_to_the_service(proxy, mover)
+        user = moving_back_to_the_monolith(proxy, mover)
 
         answer = client.post(
             "/billing/moving", params={"handover": str(handover)}, headers={"X-User-ID": user}

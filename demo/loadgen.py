@@ -128,25 +128,33 @@ class Shopper(threading.Thread):
         response = None
         deadline = time.monotonic() + GIVE_UP_SECONDS
         pause = FIRST_PAUSE
+        # The fence's hold: from the first attempt it held to the answer that
+        # ended it. A cut connection or a restarting peer after it ends it
+        # too: what follows is another wait, not the fence's.
         held_since: float | None = None
+        held_end: float | None = None
         while time.monotonic() < deadline:
             self.sent += 1
             attempt = time.monotonic()
             try:
                 response = self.client.request(method, path, **kwargs)
             except httpx.TransportError:
+                if held_since is not None and held_end is None:
+                    held_end = attempt
                 time.sleep(pause)
                 pause = min(MAX_PAUSE, pause * 2)
                 continue
             fenced = response.status_code == 503 and MOVING in response.content
-            held_here = fenced or "fence;" in response.headers.get("Server-Timing", "")
-            if held_since is None and held_here:
-                held_since = attempt
             in_flight = response.status_code == 409 and IN_FLIGHT in response.content
-            if response.status_code not in TRY_AGAIN and not in_flight:
-                if held_since is not None:
-                    now = time.monotonic()
-                    self.holds.append((time.time(), now - held_since))
+            done = response.status_code not in TRY_AGAIN and not in_flight
+            if fenced or "fence;" in response.headers.get("Server-Timing", ""):
+                held_since = attempt if held_since is None else held_since
+                held_end = None if not done else time.monotonic()
+            elif held_since is not None and held_end is None:
+                held_end = time.monotonic() if done else attempt
+            if done:
+                if held_since is not None and held_end is not None:
+                    self.holds.append((time.time(), held_end - held_since))
                 return response
             self.held += fenced
             told = response.headers.get("Retry-After")

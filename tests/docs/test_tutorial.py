@@ -57,6 +57,10 @@ def test_an_illustrative_block_is_skipped_by_rule(reason: str) -> None:
     pytest.skip(f"illustrative {reason}")
 
 
+#: The PostgreSQL database chapter 3 creates and migrates (its `createdb`).
+CHAPTER_3_DATABASE = "strangler_billing"
+
+
 def _run(path: Path, system: System, scripts: Path) -> str | None:
     """Run ``path``'s blocks in one bash session; its failure, if any."""
     shell = Shell(system.repository, system.env, scripts)
@@ -92,8 +96,17 @@ def test_the_chapters_run_as_written_in_order(tmp_path: Path) -> None:
     postgres.require_postgres()  # chapter 3 migrates a PostgreSQL database
     repository = copy_of_repository(tmp_path / "strangler")
     (tmp_path / "logs").mkdir()
-    with running_system(repository, tmp_path / "logs") as system:
-        for chapter in CHAPTERS:
-            failure = _run(chapter, system, tmp_path / "scripts" / chapter.stem)
-            if failure:
-                pytest.fail(f"{chapter.name}: {failure}", pytrace=False)
+    try:
+        with running_system(repository, tmp_path / "logs") as system:
+            for chapter in CHAPTERS:
+                failure = _run(chapter, system, tmp_path / "scripts" / chapter.stem)
+                if failure:
+                    pytest.fail(f"{chapter.name}: {failure}", pytrace=False)
+    finally:
+        # A reader keeps it (the chapter drops it on the next try); a test run does not.
+        postgres.drop_database(postgres.ADMIN_URL.rsplit("/", 1)[0] + f"/{CHAPTER_3_DATABASE}")
+
+
+def test_the_database_the_chapters_test_drops_is_the_one_chapter_3_creates() -> None:
+    chapter_3 = next(c for c in CHAPTERS if c.name.startswith("03-"))
+    assert f"createdb -h 127.0.0.1 -U postgres {CHAPTER_3_DATABASE}\n" in chapter_3.read_text()

@@ -153,7 +153,7 @@ SCENES = (
         service_data="shared",
         data_down="changes",
         data_up="changes",
-        proxy_note="fence: 503 + Retry-After while buckets move",
+        proxy_note="fence: writes held while buckets move",
     ),
     Scene(
         8,
@@ -182,7 +182,7 @@ SCENES = (
         service_data="copy",
         data_down="changes",
         data_up="drained first",
-        proxy_note="fence: 503 + Retry-After, then back",
+        proxy_note="fence: writes held, then back",
     ),
     Scene(
         10,

@@ -385,30 +385,33 @@ class Dispatcher:
         pause = FENCE_FIRST_PAUSE
         asked_other = waited = False
 
-        def held() -> float:
-            return time.monotonic() - started if waited else 0.0
+        def outcome(
+            answer: UpstreamResponse | _Buffered, fenced: bool = False
+        ) -> tuple[UpstreamResponse | _Buffered, str, float, str]:
+            seconds = time.monotonic() - started if waited else 0.0
+            return answer, used, seconds, "fenced" if fenced else ("held" if waited else "")
 
         while True:
             seen = await response.read(OWNERSHIP_PEEK_BYTES)
             if seen is not None and response.status == 409 and NOT_OWNER_CODE in seen:
                 if asked_other:
-                    return _Buffered(response, seen), used, held(), _held(held())
+                    return outcome(_Buffered(response, seen))
                 asked_other = True
                 used = route.service if used == MONOLITH else MONOLITH
             elif seen is not None and response.status == 503 and MOVING_CODE in seen:
                 if time.monotonic() - started + pause > self.fence_hold:
-                    return _Buffered(response, seen), used, held(), "fenced"
+                    return outcome(_Buffered(response, seen), fenced=True)
                 waited = True
                 await asyncio.sleep(pause)
                 pause = min(FENCE_MAX_PAUSE, pause * 2)
                 asked_other = False  # the handover may end either way
                 used = self._owner(route, key)
             else:
-                return _Buffered(response, seen or b""), used, held(), _held(held())
+                return outcome(_Buffered(response, seen or b""))
             response.close()
             response = await self.upstreams[used].send(method, target, forwarded, body, retry=retry)
             if response.status not in (409, 503):
-                return response, used, held(), _held(held())
+                return outcome(response)
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole request body, or why not. A client that stalls longer than
@@ -516,10 +519,6 @@ def _target(scope: Scope) -> tuple[str, bytes]:
 
 def _decoded(path: str) -> str:
     return unquote(path, encoding="latin-1")
-
-
-def _held(seconds: float) -> str:
-    return "held" if seconds > 0 else ""
 
 
 def _name(route: Route | None) -> str | None:

@@ -8,7 +8,7 @@ at import time. Reading this file tells who talks to whom.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -31,7 +31,7 @@ from servicekit.db import create_engine, is_sqlite, reader
 from servicekit.httpclient import HttpClient
 from servicekit.idempotency import IdempotencyKeys
 from servicekit.inbox import EventBus
-from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay, eager_delivery
+from servicekit.outbox import DEFAULT_MAX_ATTEMPTS, OutboxRelay, PromptDelivery
 from servicekit.ownership import MONOLITH, OwnershipGuard
 from servicekit.uow import AfterCommit
 
@@ -85,6 +85,12 @@ class Monolith:
     billing_idempotency: IdempotencyKeys
     billing_ownership: OwnershipGuard
     billing: BillingPort
+    prompt_deliveries: Sequence[PromptDelivery] = ()
+
+    def wait_for_deliveries(self, timeout: float) -> bool:
+        """Wait until the events committed so far were handed to their consumers
+        (the request that committed them did not wait); False on ``timeout``."""
+        return all(delivery.wait_until_idle(timeout) for delivery in self.prompt_deliveries)
 
     def check_database(self) -> None:
         with self.engine.connect() as connection:
@@ -129,9 +135,8 @@ def bootstrap(
         ),
     }
 
-    after_commit: dict[str, AfterCommit | None] = {
-        name: eager_delivery(relay) if deliver_eagerly else None for name, relay in relays.items()
-    }
+    prompt = {name: PromptDelivery(relay) for name, relay in relays.items() if deliver_eagerly}
+    after_commit: dict[str, AfterCommit | None] = {name: prompt.get(name) for name in relays}
 
     def users_uow() -> UsersUnitOfWork:
         return UsersUnitOfWork(
@@ -214,4 +219,5 @@ def bootstrap(
         billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
         billing_ownership=billing_ownership,
         billing=billing,
+        prompt_deliveries=list(prompt.values()),
     )

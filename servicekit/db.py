@@ -7,6 +7,7 @@ database-specific about the two lives here so that repositories stay portable.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +26,11 @@ NAMING_CONVENTION = {
 #: How long a SQLite connection waits for the write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 DEFAULT_POOL_SIZE = 5
+#: A pooled PostgreSQL connection idle for longer than this is pinged before
+#: it is handed out again; one in steady use is not (see ``_ping_when_idle``).
+PING_AFTER_IDLE_SECONDS = 1.0
 _READ_ONLY = "strangler_read_only"
+_RETURNED_AT = "strangler_returned_at"
 
 
 def new_metadata() -> sa.MetaData:
@@ -74,7 +79,44 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         _make_sqlite_behave(engine)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    _ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before reuse, if it sat idle in the pool.
+
+    ``pool_pre_ping`` pings at every checkout, and a billing write checks out
+    several times (idempotency record, unit of work, ownership check…): a
+    round trip each, a fifth of the write's database time. A connection that
+    was in use a moment ago is as alive as a ping would say; one that sat idle
+    is where a restarted server or a dropped socket shows, so only those are
+    pinged. A failed ping makes the pool connect anew (DisconnectionError);
+    a server restarted within the last ``idle_seconds`` of a connection's use
+    is met by the statement instead, which invalidates the whole pool once.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED_AT)
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return  # new, or in use a moment ago
+        try:
+            _ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+
+
+def _ping(dbapi_connection: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SELECT 1")
+    cursor.close()
+    dbapi_connection.rollback()  # the ping must not leave a transaction open
 
 
 def _make_sqlite_behave(engine: Engine) -> None:

@@ -16,10 +16,14 @@ same aggregate wait too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -27,14 +31,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from servicekit.db import UTCDateTime, utcnow
 from servicekit.events import Envelope
+from servicekit.requestids import bound_request_id, current_request_id
 
 __all__ = [
     "DEFAULT_BACKOFF_BASE",
     "DEFAULT_BACKOFF_MAX",
     "DEFAULT_MAX_ATTEMPTS",
     "OutboxRelay",
+    "PromptDelivery",
     "RelayReport",
-    "eager_delivery",
     "outbox_table",
     "write_to_outbox",
 ]
@@ -147,28 +152,18 @@ class OutboxRelay:
 
     def relay_pending(self, *, batch_size: int = DEFAULT_BATCH_SIZE) -> RelayReport:
         """Deliver what is due now, oldest first; return what happened."""
-        report = RelayReport()
-        blocked: set[str] = set()
-        now = self._clock()
-        for row in self._pending_rows(batch_size):
-            if row.aggregate_id in blocked:
-                report.deferred += 1
-                continue
-            if row.next_attempt_at is not None and row.next_attempt_at > now:
-                blocked.add(row.aggregate_id)
-                report.deferred += 1
-                continue
-            outcome = self._deliver_row(row)
-            report += outcome
-            if not outcome.delivered:
-                blocked.add(row.aggregate_id)
-        return report
+        rows = self._pending_rows(batch_size)
+        return self._deliver_in_order(rows, set(), RelayReport(), now=self._clock())
 
-    def relay_events(self, event_ids: Iterable[str]) -> RelayReport:
+    def relay_events(
+        self, event_ids: Iterable[str], *, request_ids: Mapping[str, str] | None = None
+    ) -> RelayReport:
         """Deliver just these events, right after the transaction that wrote them.
 
-        An event whose aggregate still has an older undelivered event is left
-        for :meth:`relay_pending`, which keeps the order.
+        An event whose aggregate still has an older undelivered event outside
+        this batch is left for :meth:`relay_pending`, which keeps the order.
+        ``request_ids``: the request that committed each event, current while
+        it is delivered (the consumer's log lines carry it).
         """
         report = RelayReport()
         ids = list(event_ids)
@@ -177,30 +172,84 @@ class OutboxRelay:
         o = self._outbox
         with self._sessions() as session:
             rows = session.execute(
-                sa.select(o).where(o.c.event_id.in_(ids)).order_by(o.c.position)
+                sa.select(o)
+                .where(o.c.event_id.in_(ids), o.c.delivered_at.is_(None), o.c.parked_at.is_(None))
+                .order_by(o.c.position)
             ).all()
+            if not rows:
+                return report
+            first: dict[str, int] = {}
             for row in rows:
-                older = session.execute(
-                    sa.select(sa.func.count())
-                    .select_from(o)
+                first.setdefault(row.aggregate_id, row.position)
+            # One query for every aggregate of the batch: which has an older
+            # event still waiting (a retry in back-off, or one being written)?
+            blocked = set(
+                session.execute(
+                    sa.select(o.c.aggregate_id)
                     .where(
-                        o.c.aggregate_id == row.aggregate_id,
-                        o.c.position < row.position,
+                        sa.or_(
+                            *(
+                                sa.and_(o.c.aggregate_id == aggregate, o.c.position < position)
+                                for aggregate, position in first.items()
+                            )
+                        ),
                         o.c.delivered_at.is_(None),
                         o.c.parked_at.is_(None),
                     )
-                ).scalar_one()
-                if older:
+                    .distinct()
+                ).scalars()
+            )
+        return self._deliver_in_order(rows, blocked, report, request_ids=request_ids)
+
+    def _deliver_in_order(
+        self,
+        rows: Sequence[sa.Row[Any]],
+        blocked: set[str],
+        report: RelayReport,
+        *,
+        now: dt.datetime | None = None,
+        request_ids: Mapping[str, str] | None = None,
+    ) -> RelayReport:
+        """Deliver ``rows`` in their order, except those of a ``blocked``
+        aggregate; a failure, or a retry not due before ``now``, blocks the
+        rest of its aggregate.
+
+        What was delivered is marked in one statement at the end: a crash
+        before it delivers those events again, which consumers' inboxes absorb
+        (delivery is at least once), and saves a transaction per event.
+        """
+        delivered: list[int] = []
+        try:
+            for row in rows:
+                retry_at = row.next_attempt_at
+                if now is not None and retry_at is not None and retry_at > now:
+                    blocked.add(row.aggregate_id)
+                if row.aggregate_id in blocked:
                     report.deferred += 1
-            due = [row for row in rows if row.delivered_at is None]
-        if report.deferred:
-            return report
-        for row in due:
-            outcome = self._deliver_row(row)
-            report += outcome
-            if not outcome.delivered:
-                break
+                    continue
+                request_id = (request_ids or {}).get(row.event_id)
+                try:
+                    with bound_request_id(request_id) if request_id else contextlib.nullcontext():
+                        self._deliver(self._envelope(row))
+                except Exception as exc:  # any failure is recorded and retried, never lost
+                    report += self._record_failure(row, exc)
+                    blocked.add(row.aggregate_id)
+                    continue
+                delivered.append(row.position)
+        finally:
+            self._mark_delivered(delivered)
+        report.delivered += len(delivered)
         return report
+
+    def _mark_delivered(self, positions: Sequence[int]) -> None:
+        if not positions:
+            return
+        with self._sessions() as session, session.begin():
+            session.execute(
+                self._outbox.update()
+                .where(self._outbox.c.position.in_(positions))
+                .values(delivered_at=self._clock(), last_error=None)
+            )
 
     def _pending_rows(self, limit: int) -> list[sa.Row[Any]]:
         o = self._outbox
@@ -213,20 +262,6 @@ class OutboxRelay:
                     .limit(limit)
                 ).all()
             )
-
-    def _deliver_row(self, row: sa.Row[Any]) -> RelayReport:
-        envelope = self._envelope(row)
-        try:
-            self._deliver(envelope)
-        except Exception as exc:  # any failure is recorded and retried, never lost
-            return self._record_failure(row, exc)
-        with self._sessions() as session, session.begin():
-            session.execute(
-                self._outbox.update()
-                .where(self._outbox.c.position == row.position)
-                .values(delivered_at=self._clock(), last_error=None)
-            )
-        return RelayReport(delivered=1)
 
     def _record_failure(self, row: sa.Row[Any], exc: Exception) -> RelayReport:
         attempts = row.attempts + 1
@@ -306,17 +341,73 @@ class OutboxRelay:
         )
 
 
-def eager_delivery(relay: OutboxRelay) -> Callable[[Sequence[Envelope]], None]:
+class PromptDelivery:
     """An ``after_commit`` for a unit of work that writes to ``relay``'s outbox:
-    its events are delivered right after the commit, instead of waiting for
-    the relay process to poll.
+    its events are delivered right after the commit, by a thread of this
+    process, instead of waiting for the relay process to poll.
 
-    The events are already safe in the outbox when this runs; whatever it
-    cannot deliver (an older event of the same aggregate still waiting, a
-    failing consumer) is left to :meth:`OutboxRelay.relay_pending`.
+    The request that committed them does not wait for the delivery (in the
+    monolith that was half of a billing write's time: the consumer's
+    transaction and the outbox's, each a pool checkout and a commit). Under
+    load the thread takes whatever has queued meanwhile as one batch: one
+    read and one "delivered" mark for many events.
+
+    The events are already safe in the outbox when they are handed over;
+    whatever is not delivered here (the process dies first, an older event of
+    the same aggregate is still waiting, a consumer fails) is left to
+    :meth:`OutboxRelay.relay_pending`.
     """
 
-    def deliver_committed(envelopes: Sequence[Envelope]) -> None:
-        relay.relay_events(envelope.event_id for envelope in envelopes)
+    def __init__(self, relay: OutboxRelay, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self._relay = relay
+        self._batch_size = batch_size
+        # (event id, the id of the request that committed it)
+        self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
+        self._owner_pid: int | None = None
 
-    return deliver_committed
+    def __call__(self, envelopes: Sequence[Envelope]) -> None:
+        with self._lock:
+            self._start_here()
+            self._busy += len(envelopes)
+        request_id = current_request_id()
+        for envelope in envelopes:
+            self._queue.put((envelope.event_id, request_id))
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Wait until every event handed over so far was attempted (tests and
+        a graceful stop use it); False if ``timeout`` seconds passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def _start_here(self) -> None:
+        # A forked worker (gunicorn) inherits the object but not the thread.
+        if self._owner_pid == os.getpid():
+            return
+        self._owner_pid = os.getpid()
+        self._busy = 0
+        self._queue = queue.SimpleQueue()
+        name = f"deliver-{self._relay.source}"
+        threading.Thread(target=self._deliver_forever, name=name, daemon=True).start()
+
+    def _deliver_forever(self) -> None:
+        work = self._queue
+        while True:
+            batch = [work.get()]
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(work.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._relay.relay_events(
+                    [event_id for event_id, _ in batch], request_ids=dict(batch)
+                )
+            except Exception:
+                logger.exception("prompt delivery failed; the relay will retry")
+            finally:
+                with self._idle:
+                    self._busy -= len(batch)
+                    self._idle.notify_all()

@@ -16,6 +16,7 @@ from monolith import create_app
 from monolith.app import system_of
 from monolith.bootstrap import MODULE_METADATA
 from tests.support import postgres
+from tests.support.api import SettledClient
 from tests.support.databases import empty_tables, fresh_database, migrate
 
 BACKENDS = ["sqlite", "postgres"]
@@ -54,6 +55,7 @@ def monolith(monolith_config: dict[str, object]) -> Iterator[Flask]:
     modules (no cross-module joins, in any test).
     """
     app = create_app(monolith_config)
+    app.test_client_class = SettledClient
     engine = system_of(app).engine
     statements: list[str] = []
 

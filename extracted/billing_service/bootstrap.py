@@ -22,7 +22,7 @@ from servicekit.outbox import (
     DEFAULT_BACKOFF_MAX,
     DEFAULT_MAX_ATTEMPTS,
     OutboxRelay,
-    eager_delivery,
+    PromptDelivery,
 )
 from servicekit.ownership import SERVICE, OwnershipGuard
 
@@ -73,7 +73,7 @@ def bootstrap(
         backoff_max=backoff_max,
     )
 
-    after_commit = eager_delivery(relay) if deliver_eagerly else None
+    after_commit = PromptDelivery(relay) if deliver_eagerly else None
 
     ownership = OwnershipGuard(
         engine, orm.ownership, side=SERVICE, group="billing", table_paths=TABLE_PATHS

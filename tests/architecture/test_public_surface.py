@@ -24,7 +24,7 @@ SURFACE = {
         "DEFAULT_MAX_ATTEMPTS",
         "OutboxRelay",
         "RelayReport",
-        "eager_delivery",
+        "PromptDelivery",
         "outbox_table",
         "write_to_outbox",
     },

@@ -19,7 +19,7 @@ from servicekit.ids import new_id
 from servicekit.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Keyring
 from tests.extracted.conftest import post_signed
 from tests.extracted.deployment import TEST_KEYS
-from tests.support.api import kinds, ok, register_user
+from tests.support.api import SettledClient, kinds, ok, register_user
 from tests.support.databases import empty_tables, migrate
 
 INBOX = "/internal/events"
@@ -158,6 +158,7 @@ def monolith_app(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('monolith-inbox') / 'monolith.db'}"
     migrate("monolith", url)
     app = create_monolith({"DATABASE_URL": url, "TESTING": True, "INTERNAL_KEYS": TEST_KEYS})
+    app.test_client_class = SettledClient
     yield app
     empty_tables(monolith_system(app).engine, list(MODULE_METADATA.values()))
     monolith_system(app).engine.dispose()

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sqlite3
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 from servicekit.cli import events_group
 from servicekit.db import create_engine
 from servicekit.events import Envelope, IntegrationEvent
-from servicekit.outbox import OutboxRelay, RelayReport, eager_delivery, outbox_table
+from servicekit.outbox import OutboxRelay, PromptDelivery, RelayReport, outbox_table
 from servicekit.uow import UnitOfWork
 
 SOURCE = "kit"
@@ -41,8 +42,11 @@ class Consumer:
     def __init__(self) -> None:
         self.down = False
         self.received: list[Envelope] = []
+        self.held_until: threading.Event | None = None  # set: each delivery waits for it
 
     def __call__(self, envelope: Envelope) -> None:
+        if self.held_until is not None:
+            self.held_until.wait(5)
         if self.down:
             raise ConnectionError("consumer unreachable")
         self.received.append(envelope)
@@ -56,10 +60,11 @@ class Outbox:
     sessions: sessionmaker
     relay: OutboxRelay
     consumer: Consumer
+    prompt: PromptDelivery
 
     def publish(self, thing_id: str, *, eagerly: bool = False) -> ThingHappened:
         event = ThingHappened(thing_id=thing_id)
-        after_commit = eager_delivery(self.relay) if eagerly else None
+        after_commit = self.prompt if eagerly else None
         with UnitOfWork(
             self.sessions, outbox=self.table, source=SOURCE, after_commit=after_commit
         ) as uow:
@@ -77,7 +82,7 @@ def outbox(tmp_path) -> Iterator[Outbox]:
     sessions = sessionmaker(engine, expire_on_commit=False)
     consumer = Consumer()
     relay = OutboxRelay(sessions, table, source=SOURCE, deliver=consumer, max_attempts=2)
-    yield Outbox(table, sessions, relay, consumer)
+    yield Outbox(table, sessions, relay, consumer, PromptDelivery(relay))
     engine.dispose()
 
 
@@ -106,11 +111,62 @@ def park_one(outbox: Outbox) -> ThingHappened:
 # --- eager delivery ---------------------------------------------------------
 
 
-def test_eager_delivery_hands_the_committed_events_over_at_once(outbox):
+def test_prompt_delivery_hands_the_committed_events_over_right_after_the_commit(outbox):
     event = outbox.publish("t1", eagerly=True)
 
+    assert outbox.prompt.wait_until_idle(timeout=5)
     assert [e.event_id for e in outbox.consumer.received] == [event.event_id]
     assert outbox.relay.pending_count() == 0
+
+
+def test_the_committer_does_not_wait_for_the_delivery(outbox):
+    outbox.consumer.held_until = threading.Event()
+
+    outbox.publish("t1", eagerly=True)  # returns while the consumer is held
+
+    assert outbox.consumer.received == []
+    assert not outbox.prompt.wait_until_idle(timeout=0.05)
+    outbox.consumer.held_until.set()
+    assert outbox.prompt.wait_until_idle(timeout=5)
+    assert len(outbox.consumer.received) == 1
+
+
+def test_events_queued_meanwhile_go_in_one_batch_in_commit_order(outbox):
+    entered, gate = threading.Event(), threading.Event()
+    original = outbox.relay.relay_events
+    batches: list[list[str]] = []
+
+    def held(event_ids, **kwargs):
+        batches.append(list(event_ids))
+        entered.set()
+        gate.wait(5)
+        return original(batches[-1], **kwargs)
+
+    outbox.relay.relay_events = held  # type: ignore[method-assign]
+    events = [outbox.publish("t0", eagerly=True)]
+    assert entered.wait(5)  # the thread took the first event and is busy with it
+    events += [outbox.publish(f"t{n}", eagerly=True) for n in range(1, 5)]
+    gate.set()
+
+    assert outbox.prompt.wait_until_idle(timeout=5)
+    assert batches[0] == [events[0].event_id]  # taken before the others were committed
+    assert batches[1:] == [[e.event_id for e in events[1:]]]
+    assert [e.event_id for e in outbox.consumer.received] == [e.event_id for e in events]
+    assert outbox.relay.pending_count() == 0
+
+
+def test_an_older_event_still_waiting_holds_back_its_aggregate_only(outbox):
+    outbox.consumer.down = True
+    outbox.publish("t1")
+    outbox.relay.relay_pending()  # t1 fails: back-off
+    outbox.consumer.down = False
+
+    later = outbox.publish("t1")
+    other = outbox.publish("t2")
+    report = outbox.relay.relay_events([later.event_id, other.event_id])
+
+    assert (report.delivered, report.deferred) == (1, 1)
+    assert [e.event_id for e in outbox.consumer.received] == [other.event_id]
 
 
 def test_without_eager_delivery_events_wait_for_the_relay(outbox):
@@ -122,11 +178,12 @@ def test_without_eager_delivery_events_wait_for_the_relay(outbox):
     assert [e.event_id for e in outbox.consumer.received] == [event.event_id]
 
 
-def test_a_failed_eager_delivery_leaves_the_event_to_the_relay(outbox):
+def test_a_failed_prompt_delivery_leaves_the_event_to_the_relay(outbox):
     outbox.consumer.down = True
 
     outbox.publish("t1", eagerly=True)
 
+    assert outbox.prompt.wait_until_idle(timeout=5)
     assert outbox.relay.pending_count() == 1
     outbox.consumer.down = False
     with outbox.sessions.begin() as session:

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from monolith.app import system_of
 from tests.support.ids import unique, unique_email
 
 
@@ -70,3 +71,21 @@ def notifications(client: FlaskClient, user_id: str) -> list[dict[str, Any]]:
 
 def kinds(client: FlaskClient, user_id: str) -> list[str]:
     return [n["kind"] for n in notifications(client, user_id)]
+
+
+#: How long a test client waits for the events a request committed to be delivered.
+DELIVERY_WAIT_SECONDS = 10.0
+
+
+class SettledClient(FlaskClient):
+    """A monolith test client whose requests return once the events they
+    committed were delivered (the app delivers them on a thread of its own,
+    after answering), so that a test reads their effects as a user would a
+    moment later — and fails if they never come."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        assert system_of(self.application).wait_for_deliveries(DELIVERY_WAIT_SECONDS), (
+            "the events this request committed were not delivered"
+        )
+        return response

@@ -104,12 +104,15 @@ def subscribed(apps: Apps, side: str, user: str, plan: dict[str, Any]) -> str:
 
 
 def hand_over(runner: MoveRunner, service_buckets: int, plans: str) -> dict[str, Any]:
-    """Ask for an ownership and wait until both databases have it."""
+    """Ask for an ownership and wait until both databases have it, and the
+    mover has recorded the handover that got them there (it does so just
+    after the second database's commit, which a status may see first)."""
     runner.set_ownership(service_buckets, plans)
     return poll(  # type: ignore[no-any-return]
         lambda: (
             (o := runner.status()["ownership"])["converged"]
             and o["service_buckets"] == service_buckets
+            and (o["last_handover"] is None or o["last_handover"]["epoch"] == o["epoch"])
             and o
         ),
         timeout=60,

@@ -22,7 +22,11 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 #: Shorter than the upstreams' keep-alive (servicekit's gunicorn keeps 75 s),
 #: so the proxy, not the upstream, closes an idle connection: no reuse race.
 DEFAULT_UPSTREAM_KEEPALIVE = 30.0
-DEFAULT_POOL_SIZE = 16
+#: Idle connections kept per upstream (and worker). Fewer than a worker's
+#: requests in flight, and each burst of answers closes the extra ones, to
+#: open them again at once: 16 made 3% of list requests connect anew at 32
+#: clients (an accept and a new connection for the upstream, too).
+DEFAULT_POOL_SIZE = 64
 DEFAULT_POLL_SECONDS = 0.5
 DEFAULT_FLUSH_SECONDS = 1.0
 DEFAULT_BREAKER_THRESHOLD = 5

@@ -17,13 +17,89 @@ import concurrent.futures
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
 from strangler_proxy import config
 from strangler_proxy.dispatch import RAW_TARGET, TRANSPORT, Receive, Scope, Send
 
-__all__ = ["ProxyHttpProtocol", "ProxyWorker", "WsgiBridge", "protocol_for", "server_settings"]
+__all__ = [
+    "ProxyHttpProtocol",
+    "ProxyResponseCycle",
+    "ProxyWorker",
+    "WsgiBridge",
+    "protocol_for",
+    "server_settings",
+]
+
+
+class _HeadKeeper:
+    """Stands in for the transport while uvicorn writes a response head: keeps it."""
+
+    def __init__(self) -> None:
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        self.head += data
+
+
+class _HeadFirst:
+    """Stands in for the transport while uvicorn writes the first body message:
+    the kept head goes out in front of the body's bytes, in the same write."""
+
+    def __init__(self, transport: asyncio.Transport, head: bytes) -> None:
+        self.transport = transport
+        self.head = head
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(self.head + data)
+        self.head = b""
+
+    def flush(self) -> None:
+        if self.head:
+            self.write(b"")
+
+    def close(self) -> None:
+        self.flush()  # a HEAD answer, or one that ends the connection: head first
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
+class ProxyResponseCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, but the response head is held until the
+    first body message and written with it: one ``write`` where uvicorn makes
+    two, so one TCP segment and one wake-up of the client instead of two (on a
+    list page through the proxy, a write is ~10 µs of our CPU and as much of
+    the client's). uvicorn still builds and checks the head; every ASGI answer
+    sends a body message right after its start (the dispatcher, the admin
+    bridge, uvicorn's own 500), so nothing waits on the held head."""
+
+    held_head = b""
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            transport, keeper = self.transport, _HeadKeeper()
+            self.transport = keeper  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            self.held_head = keeper.head
+            return
+        if not self.held_head:
+            await super().send(message)
+            return
+        transport, head_first = self.transport, _HeadFirst(self.transport, self.held_head)
+        self.held_head = b""
+        self.transport = head_first  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+            if not self.disconnected:
+                head_first.flush()  # nothing was written (a HEAD answer): the head alone
 
 
 class ProxyHttpProtocol(HttpToolsProtocol):
@@ -36,6 +112,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
+        self._in_header_block = False
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
@@ -69,6 +146,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self._refused:
             super().data_received(data)
+            if self._in_header_block and not self._refused:
+                # armed only for a header block split across reads: one that
+                # arrives whole (nearly all) costs no timer at all
+                self._arm_header_timer()
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
@@ -77,7 +158,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        self._arm_header_timer()
+        self._in_header_block = True
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -88,8 +169,13 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._count(len(name) + len(value) + 4)
 
     def on_headers_complete(self) -> None:
+        self._in_header_block = False
         self._cancel_header_timer()
         super().on_headers_complete()
+        if type(self.cycle) is RequestResponseCycle:
+            # uvicorn builds its own cycle here; ours only adds to its send,
+            # and the request's task (created, not yet run) will call ours
+            self.cycle.__class__ = ProxyResponseCycle
         # uvicorn built this request's scope; its task has not run yet
         self.scope[RAW_TARGET] = self.url  # type: ignore[literal-required]
         self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]

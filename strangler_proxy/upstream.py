@@ -93,6 +93,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.used = False
         self._timer: asyncio.TimerHandle | None = None
+        #: When the upstream last sent something, and how long it may then be quiet.
+        self._heard_at = 0.0
+        self._quiet_limit = pool.read_timeout
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -196,18 +199,33 @@ class _Connection(asyncio.Protocol):
             self.failure = UpstreamFailed(502, f"upstream {self.pool.name} closed the connection")
         self._wake()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(self.pool.read_timeout, self._timed_out)
+    def _arm_timer(self, seconds: float | None = None) -> None:
+        """The upstream must send something within ``seconds`` (default: the
+        read timeout) from now. Called on every read, so it only notes the
+        time: the one timer, when it fires, looks whether the upstream was
+        heard since and waits for the rest (a timer per read cost more CPU
+        than the read's parse)."""
+        self._heard_at = self.loop.time()
+        self._quiet_limit = self.pool.read_timeout if seconds is None else seconds
+        if seconds is not None:
+            self._cancel_timer()  # a deadline of its own may be shorter than the one set
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._heard_at + self._quiet_limit, self._check_quiet)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _timed_out(self) -> None:
+    def _check_quiet(self) -> None:
+        due = self._heard_at + self._quiet_limit
+        if self.loop.time() < due:
+            self._timer = self.loop.call_at(due, self._check_quiet)
+            return
         self._timer = None
+        self._timed_out()
+
+    def _timed_out(self) -> None:
         self._fail(UpstreamFailed(504, f"upstream {self.pool.name} timed out"))
         self._close()
 
@@ -221,10 +239,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.used = True
         self.transport.write(request)
-        if timeout is not None and timeout != self.pool.read_timeout:
-            self._timer = self.loop.call_later(timeout, self._timed_out)
-        else:
-            self._arm_timer()
+        self._arm_timer(timeout)
         await self.headers_done
 
     async def next_chunk(self) -> bytes | None:

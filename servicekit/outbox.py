@@ -50,6 +50,8 @@ DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_BACKOFF_BASE = dt.timedelta(milliseconds=500)
 DEFAULT_BACKOFF_MAX = dt.timedelta(minutes=5)
 DEFAULT_BATCH_SIZE = 200
+#: How many events a process's prompt delivery holds at most; beyond, they wait for the relay.
+DEFAULT_MAX_QUEUED = 10_000
 
 Deliver = Callable[[Envelope], None]
 
@@ -358,19 +360,33 @@ class PromptDelivery:
     :meth:`OutboxRelay.relay_pending`.
     """
 
-    def __init__(self, relay: OutboxRelay, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        relay: OutboxRelay,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
         self._relay = relay
         self._batch_size = batch_size
+        self._max_queued = max_queued
         # (event id, the id of the request that committed it)
         self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0
         self._owner_pid: int | None = None
+        #: Events not queued because ``max_queued`` were waiting already.
+        self.left_to_the_relay = 0
 
     def __call__(self, envelopes: Sequence[Envelope]) -> None:
         with self._lock:
             self._start_here()
+            if self._busy + len(envelopes) > self._max_queued:
+                # A consumer slower than the writers: the queue would only grow.
+                # These wait in the outbox for the relay, like any undelivered event.
+                self.left_to_the_relay += len(envelopes)
+                return
             self._busy += len(envelopes)
         request_id = current_request_id()
         for envelope in envelopes:
@@ -380,6 +396,8 @@ class PromptDelivery:
         """Wait until every event handed over so far was attempted (tests and
         a graceful stop use it); False if ``timeout`` seconds passed first."""
         with self._idle:
+            if self._owner_pid != os.getpid():
+                return True  # nothing was handed over in this process
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def _start_here(self) -> None:

@@ -169,6 +169,20 @@ def test_an_older_event_still_waiting_holds_back_its_aggregate_only(outbox):
     assert [e.event_id for e in outbox.consumer.received] == [other.event_id]
 
 
+def test_a_full_queue_leaves_further_events_to_the_relay(outbox):
+    prompt = PromptDelivery(outbox.relay, max_queued=1)
+    outbox.consumer.held_until = threading.Event()
+    outbox.prompt = prompt
+
+    events = [outbox.publish(f"t{n}", eagerly=True) for n in range(3)]
+
+    assert prompt.left_to_the_relay == 2
+    outbox.consumer.held_until.set()
+    assert prompt.wait_until_idle(timeout=5)
+    assert [e.event_id for e in outbox.consumer.received] == [events[0].event_id]
+    assert outbox.relay.relay_pending().delivered == 2
+
+
 def test_without_eager_delivery_events_wait_for_the_relay(outbox):
     event = outbox.publish("t1")
 

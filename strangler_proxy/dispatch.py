@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
 from servicekit.ownership import NotOwner, OwnershipMoving
-from servicekit.requestids import bound_request_id
+from servicekit.requestids import bound_request_id, new_request_id
 from servicekit.web import error_envelope
 from strangler_proxy import headers as rules
 from strangler_proxy.domain import (
@@ -64,14 +63,6 @@ MOVING_CODE = f'"{OwnershipMoving.code}"'.encode()
 OWNERSHIP_PEEK_BYTES = 16 * 1024
 #: Asking again for records being handed over: 10 ms, doubling to 100 ms.
 FENCE_FIRST_PAUSE, FENCE_MAX_PAUSE = 0.01, 0.1
-
-
-def new_request_id() -> str:
-    """32 random hex digits, as ``uuid4().hex`` gives, from the worker's own
-    generator (``random`` reseeds in each forked worker): uuid4 asks the
-    kernel for its bits, a system call per request. An id tells requests
-    apart in the logs; it guards nothing."""
-    return f"{random.getrandbits(128):032x}"
 
 
 class TableHolder:

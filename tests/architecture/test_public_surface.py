@@ -58,6 +58,7 @@ SURFACE = {
         "bound_request_id",
         "current_request_id",
         "is_acceptable_request_id",
+        "new_request_id",
     },
     "servicekit.logs": {"LOG_FORMAT", "RequestIdFilter", "configure_logging", "current_request_id"},
     "servicekit.idempotency": {

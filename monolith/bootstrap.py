@@ -216,7 +216,11 @@ def bootstrap(
         billing_uow=billing_uow,
         billing_read_uow=billing_read_uow,
         notifications_uow=notifications_uow,
-        billing_idempotency=IdempotencyKeys(sessions, billing_orm.idempotency_keys),
+        billing_idempotency=IdempotencyKeys(
+            sessions,
+            billing_orm.idempotency_keys,
+            on_begin=billing_ownership.check_in_transaction,
+        ),
         billing_ownership=billing_ownership,
         billing=billing,
         prompt_deliveries=list(prompt.values()),

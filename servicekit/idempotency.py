@@ -11,7 +11,14 @@ The rules, for a command sent with an ``Idempotency-Key`` header:
   while the first is still executing is refused (409);
 - a request that fails validation never gets this far and stores nothing; an
   unexpected failure releases the key so that the client can retry;
-- a reservation abandoned by a crashed process expires after ``lock_timeout``.
+- a reservation abandoned by a crashed process expires after ``lock_timeout``;
+- the keys' own transactions are fenced like the command's (``on_begin``, the
+  ownership check): the keys are records of the module, moved with it, so a
+  side that does not own a user's records — or whose records are being
+  handed over — writes none of that user's keys either. Unfenced, a
+  reservation released during a handover was deleted on the old side after
+  the mover had carried it to the new one: a key stuck "in progress" there,
+  and a row on one side only.
 
 Releasing can fail for the same reason the command did: on SQLite a command
 that gave up waiting for the write lock (the busy timeout) meets the same
@@ -28,6 +35,7 @@ overpayment gets the same refusal, it does not suddenly succeed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -35,7 +43,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -120,11 +128,22 @@ class IdempotencyKeys:
         *,
         lock_timeout: dt.timedelta = DEFAULT_LOCK_TIMEOUT,
         clock: Callable[[], dt.datetime] = utcnow,
+        on_begin: Callable[[Session], None] | None = None,
     ) -> None:
         self._sessions = session_factory
         self._table = table
         self._lock_timeout = lock_timeout
         self._clock = clock
+        self._on_begin = on_begin
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """One of the keys' own short transactions; ``on_begin`` (the ownership
+        fence, as in the command's unit of work) is its first statement."""
+        with self._sessions() as session, session.begin():
+            if self._on_begin is not None:
+                self._on_begin(session)
+            yield session
 
     def run(
         self,
@@ -157,8 +176,13 @@ class IdempotencyKeys:
                 self._release(scope, key, reserved_at)
                 raise
             reply = render_error(refusal)
-            with self._sessions() as session, session.begin():
-                self._complete(session, scope, key, reply)
+            try:
+                with self._transaction() as session:
+                    self._complete(session, scope, key, reply)
+            except DomainError as fenced:
+                # the records began to move meanwhile: the reservation, carried
+                # over with them, expires on the side that owns them now
+                logger.warning("idempotency key %s/%s left reserved: %s", scope, key, fenced)
             raise
         except BaseException:
             self._release(scope, key, reserved_at)
@@ -169,7 +193,7 @@ class IdempotencyKeys:
     ) -> Reply | None:
         t = self._table
         try:
-            with self._sessions() as session, session.begin():
+            with self._transaction() as session:
                 session.execute(
                     t.insert().values(
                         scope=scope,
@@ -182,7 +206,7 @@ class IdempotencyKeys:
             return None
         except IntegrityError:
             pass
-        with self._sessions() as session, session.begin():
+        with self._transaction() as session:
             row = session.execute(
                 sa.select(t).where(t.c.scope == scope, t.c.key == key).with_for_update()
             ).one()
@@ -215,6 +239,11 @@ class IdempotencyKeys:
         """Free the key for a retry; never raises (see the module's docstring)."""
         try:
             self._delete_reservation(scope, key, reserved_at)
+        except DomainError as fenced:
+            # The user's records began to move after the key was reserved: the
+            # reservation went with them, and this side may no longer write it.
+            # It expires after ``lock_timeout`` on the side that owns it now.
+            logger.warning("idempotency key %s/%s left reserved: %s", scope, key, fenced)
         except sa.exc.DBAPIError as exc:
             logger.warning(
                 "releasing idempotency key %s/%s failed (%s); retrying in the background",
@@ -236,6 +265,8 @@ class IdempotencyKeys:
             time.sleep(pause)
             try:
                 self._delete_reservation(scope, key, reserved_at)
+            except DomainError:
+                break  # no longer this side's to release
             except sa.exc.DBAPIError:
                 pause = min(2.0, pause * 2)
                 continue
@@ -247,7 +278,7 @@ class IdempotencyKeys:
         # Only this attempt's reservation: one that took the key over after it
         # expired (a later reserved_at) is another request's, executing now.
         t = self._table
-        with self._sessions() as session, session.begin():
+        with self._transaction() as session:
             session.execute(
                 t.delete().where(
                     t.c.scope == scope,

@@ -117,6 +117,11 @@ def bootstrap(
         relay=relay,
         billing_uow=billing_uow,
         billing_read_uow=billing_read_uow,
-        idempotency=IdempotencyKeys(sessions, orm.idempotency_keys, lock_timeout=idempotency_lock),
+        idempotency=IdempotencyKeys(
+            sessions,
+            orm.idempotency_keys,
+            lock_timeout=idempotency_lock,
+            on_begin=ownership.check_in_transaction,
+        ),
         ownership=ownership,
     )

@@ -159,6 +159,58 @@ def test_a_moving_slot_answers_503_with_retry_after_holds_no_one_else_and_is_fin
     assert released.status_code == 201, released.get_json()
 
 
+def test_a_key_reserved_just_before_a_handover_is_not_deleted_during_it(
+    apps: Apps, streaming: MoveRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys move with the records, so their writes are fenced like the
+    records'. Here the handover begins right after a payment reserved its key:
+    the payment is refused (503, the fence), and its key is not deleted on
+    the side that no longer may write it — unfenced, that delete came after
+    the mover had carried the reservation over, leaving it "in progress" on
+    the new owner and on one side only."""
+    from monolith.app import system_of
+    from servicekit.idempotency import IdempotencyKeys
+
+    plan = a_plan(apps)
+    user = user_in(apps, 0, 100)
+    subscription = subscribed(apps, "monolith", user, plan)
+    invoice = apps.client("monolith").post(
+        "/billing/invoices", json={"subscription_id": subscription}, headers=as_user(user)
+    )
+    assert invoice.status_code == 201, invoice.get_json()
+    streaming.ownership.initialise()
+
+    fenced: list[str] = []
+    reserve = IdempotencyKeys._reserve
+
+    def reserve_then_hand_over(self, *args):  # type: ignore[no-untyped-def]
+        stored = reserve(self, *args)
+        streaming.ownership.mark_moving([bucket("billing", user)])
+        fenced.append("moving")
+        return stored
+
+    def spy(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        writes = not statement.lstrip().upper().startswith("SELECT")
+        if fenced and writes and "billing_idempotency_keys" in statement:
+            fenced.append(statement.split()[0])
+
+    monkeypatch.setattr(IdempotencyKeys, "_reserve", reserve_then_hand_over)
+    engine = system_of(apps.monolith).engine
+    sa.event.listen(engine, "before_cursor_execute", spy)
+    try:
+        paid = apps.client("monolith").post(
+            f"/billing/invoices/{invoice.get_json()['id']}/payments",
+            json={"amount_minor": 1, "currency": "EUR"},
+            headers={**as_user(user), "Idempotency-Key": "fenced-key"},
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", spy)
+
+    assert paid.status_code == 503, paid.get_json()
+    assert paid.get_json()["code"] == "ownership_moving"
+    assert fenced == ["moving"]  # nothing written to the keys once the fence was up
+
+
 def customers(apps: Apps, plan: dict[str, Any], ranges: list[tuple[int, int]]) -> list[Customer]:
     """One subscribed customer per bucket range, subscribed on the monolith."""
     found = []

@@ -231,7 +231,7 @@ def start_proxy(name: str, log_dir: Path, port: int, monolith: str, billing: str
     run([str(BIN / "alembic"), "-n", "proxy", "-x", f"url={database}", "upgrade", "heads"])
     proxy = Service(
         name,
-        gunicorn("strangler_proxy.gunicorn_conf", port, "strangler_proxy.asgi:app"),
+        gunicorn("strangler_proxy.gunicorn_conf", port, "strangler_proxy.main:app"),
         {
             "PROXY_DATABASE_URL": database,
             "PROXY_MONOLITH_URL": monolith,

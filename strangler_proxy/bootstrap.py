@@ -27,10 +27,10 @@ from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable
 from strangler_proxy.metrics import Metrics
 from strangler_proxy.recording import Recorder
 from strangler_proxy.repository import RouteStore, load_route_file
-from strangler_proxy.server import WsgiBridge
 from strangler_proxy.shadowing import Mismatch, Shadower
 from strangler_proxy.traffic import Traffic
 from strangler_proxy.upstream import Upstream
+from strangler_proxy.wsgibridge import WsgiBridge
 
 __all__ = ["Proxy", "bootstrap"]
 
@@ -41,7 +41,7 @@ ADMIN_THREADS = 4
 
 
 class Proxy:
-    """The wired proxy: the ASGI app gunicorn serves (``proxy.app``) and what
+    """The wired proxy: the dispatcher gunicorn's worker serves (``proxy.app``) and what
     the admin API and tests reach: ``store``, ``table``, ``refresh()``,
     ``rates()``, ``tokens``, ``metrics``, ``data`` (the data mover) and
     ``data_policy`` (when a route's data lets it leave the monolith)."""
@@ -101,7 +101,7 @@ class Proxy:
             verify_max_age=float(settings["DATA_VERIFY_MAX_AGE"]),
         )
         self.admin = admin.create_admin_app(self)
-        self.admin_bridge = WsgiBridge(self.admin, ADMIN_THREADS, int(settings["MAX_BODY_BYTES"]))
+        self.admin_bridge = WsgiBridge(self.admin, ADMIN_THREADS, float(settings["BODY_TIMEOUT"]))
         self.app = Dispatcher(
             routes=self.routes,
             owners=self.owners,

@@ -50,6 +50,9 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 #: A client that reads none of its answer for this many seconds is cut off
 #: (nginx's send_timeout, 60 s): it would hold an upstream connection forever.
 DEFAULT_SEND_TIMEOUT = 30.0
+#: An idle client connection is closed after this many seconds (nginx's
+#: keepalive_timeout, 75 s).
+DEFAULT_CLIENT_KEEPALIVE = 75.0
 #: How long a request for records being handed over is held (the new owner
 #: asked again and again) before its 503 is passed on: a handover holds writes
 #: for tens of milliseconds; a mover restarting mid-handover, for its lease.
@@ -94,6 +97,7 @@ def defaults() -> dict[str, Any]:
         "MAX_HEADER_BYTES": DEFAULT_MAX_HEADER_BYTES,
         "HEADER_TIMEOUT": DEFAULT_HEADER_TIMEOUT,
         "SEND_TIMEOUT": DEFAULT_SEND_TIMEOUT,
+        "CLIENT_KEEPALIVE": DEFAULT_CLIENT_KEEPALIVE,
         "FENCE_HOLD": DEFAULT_FENCE_HOLD,
         "ACCESS_LOG": True,
     }

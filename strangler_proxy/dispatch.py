@@ -1,11 +1,11 @@
-"""The data plane: an ASGI app that checks a request, picks its route and
-upstream, and streams the answer back.
+"""The data plane: checks a request, picks its route and upstream, and
+streams the answer back.
 
-A request's walk: ``server.py`` parses it (httptools, on uvloop) → here it
-is checked (``headers.py``), its body read whole (at most ``MAX_BODY_BYTES``),
-its route matched (``domain.py``) → ``upstream.py`` sends it on a pooled
-connection → here the answer is streamed back, and a record is handed to the
-recorder. ``/_strangler/...`` goes to the admin app instead.
+A request's walk: ``server.py`` parses it (httptools, on uvloop) and buffers
+its body → here it is checked (``headers.py``), its route matched
+(``domain.py``) → ``upstream.py`` sends it on a pooled connection → here the
+answer is streamed back on the client's connection, and a record is handed
+to the recorder. ``/_strangler/...`` goes to the admin app instead.
 
 Nothing the client does wrong reaches an upstream or counts against one: the
 request is refused (400/405/413/431/501) or, when the client goes away, logged
@@ -15,16 +15,13 @@ as 499 — before any upstream is contacted, because the body is read first.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import unquote
 
 from servicekit.ownership import NotOwner, OwnershipMoving
 from servicekit.requestids import bound_request_id, new_request_id
-from servicekit.web import error_envelope
 from strangler_proxy import headers as rules
 from strangler_proxy.domain import (
     MONOLITH,
@@ -37,23 +34,25 @@ from strangler_proxy.domain import (
     owner_of,
 )
 from strangler_proxy.recording import CLIENT_CLOSED, Record, Recorder
+from strangler_proxy.server import (
+    BodyRefused,
+    ClientConnection,
+    ClientGone,
+    Request,
+    error_answer,
+)
 from strangler_proxy.shadowing import SHADOW_BODY_LIMIT, Shadower
 from strangler_proxy.upstream import Upstream, UpstreamFailed, UpstreamResponse
 
-__all__ = ["ADMIN_PREFIX", "Dispatcher", "TableHolder"]
+__all__ = ["ADMIN_PREFIX", "AdminApp", "Dispatcher", "OwnershipHolder", "TableHolder"]
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: The admin app: given the request, the connection to answer on, its
+#: decoded path and its request id.
+AdminApp = Callable[[Request, ClientConnection, str, str], Awaitable[None]]
 
 ADMIN_PREFIX = "/_strangler"
-#: Set by ``server.ProxyHttpProtocol``: the request target exactly as sent.
-RAW_TARGET = "strangler.raw_target"
-#: Set by ``server.ProxyHttpProtocol``: the client connection's transport.
-TRANSPORT = "strangler.transport"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: How an app says "these records are the other side's" (servicekit.ownership).
 NOT_OWNER_CODE = f'"{NotOwner.code}"'.encode()
@@ -98,12 +97,8 @@ class _Buffered:
         self._response.close()
 
 
-class _ClientGone(Exception):
-    """The client went away before its request was complete."""
-
-
 class Dispatcher:
-    """The proxy's ASGI app."""
+    """The proxy's data plane; the front door calls it with each request."""
 
     def __init__(
         self,
@@ -111,7 +106,7 @@ class Dispatcher:
         routes: TableHolder,
         owners: OwnershipHolder,
         upstreams: dict[str, Upstream],
-        admin: ASGIApp,
+        admin: AdminApp,
         recorder: Recorder,
         shadower: Shadower,
         max_body: int,
@@ -136,54 +131,46 @@ class Dispatcher:
         self.trusted_peers = trusted_peers
         self.on_shutdown = on_shutdown
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.on_shutdown)
-            return
-        if scope["type"] != "http":
-            return  # no websockets: the server refuses the upgrade
+    async def __call__(self, request: Request, client: ClientConnection) -> None:
         started = time.perf_counter()
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        method: str = scope["method"]
         try:
-            facts = rules.check_request(method, scope["http_version"], headers)
+            facts = rules.check_request(request.method, request.http_version, request.headers)
         except rules.BadRequest as refusal:
             request_id = new_request_id()
-            await _error(send, refusal.status, refusal.message, request_id, close=True)
-            self.record(_refused(method, scope, refusal.status, started, request_id))
+            _error(client, refusal.status, refusal.message, request_id, close=True)
+            self.record(_refused(request, refusal.status, started, request_id))
             return
         request_id = rules.request_id_from(facts.request_id) or new_request_id()
         with bound_request_id(request_id):
-            await self._handle(scope, receive, send, method, headers, facts, request_id, started)
+            await self._handle(request, client, facts, request_id, started)
+
+    def shutdown(self) -> None:
+        """The worker stops (its connections are done): the records of its
+        last requests are written before it goes."""
+        self.on_shutdown()
 
     async def _handle(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        method: str,
-        headers: list[tuple[bytes, bytes]],
+        request: Request,
+        client: ClientConnection,
         facts: rules.RequestFacts,
         request_id: str,
         started: float,
     ) -> None:
+        method, headers = request.method, request.headers
         try:
-            path, query = _target(scope)
+            path, query = _target(request.target)
         except BadPath as exc:
-            await _error(send, 400, f"bad request target: {exc}", request_id)
-            self.record(_refused(method, scope, 400, started, request_id))
+            _error(client, 400, f"bad request target: {exc}", request_id)
+            self.record(_refused(request, 400, started, request_id))
             return
         if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
             # the admin app routes on the normalised path too
-            scope["path"] = _decoded(path)
-            scope["strangler.request_id"] = request_id
-            await self.admin(scope, receive, send)
+            await self.admin(request, client, _decoded(path), request_id)
             return
         if facts.content_length is not None and facts.content_length > self.max_body:
             # before reading a byte: no "100 Continue" for a body we refuse
-            await _error(
-                send, 413, f"the body exceeds {self.max_body} bytes", request_id, close=True
-            )
+            _error(client, 413, f"the body exceeds {self.max_body} bytes", request_id, close=True)
             self.record(
                 Record(None, "-", "-", method, path, 413, _since(started), request_id, None)
             )
@@ -193,9 +180,9 @@ class Dispatcher:
         mode = route.mode if route is not None else "-"
         if facts.content_length or facts.chunked:
             try:
-                body = await self._read_body(receive)
-            except _BodyRefused as refusal:
-                await _error(send, refusal.status, refusal.message, request_id, close=True)
+                body = await client.read_body(request, self.body_timeout)
+            except BodyRefused as refusal:
+                _error(client, refusal.status, refusal.message, request_id, close=True)
                 self.record(
                     Record(
                         _name(route),
@@ -210,7 +197,7 @@ class Dispatcher:
                     )
                 )
                 return
-            except _ClientGone:
+            except ClientGone:
                 self.record(
                     Record(
                         _name(route),
@@ -229,7 +216,7 @@ class Dispatcher:
         else:
             body = b""
 
-        peer = scope["client"][0] if scope.get("client") else ""
+        peer = client.peer
         primary = MONOLITH
         key: bytes | None = None
         if route is not None and route.data is not None:
@@ -246,7 +233,7 @@ class Dispatcher:
             facts,
             peer=peer,
             trusted=peer in self.trusted_peers,
-            scheme=scope.get("scheme", "http"),
+            scheme="http",
             request_id=request_id,
         )
         target = path.encode("latin-1") + (b"?" + query if query else b"")
@@ -284,7 +271,7 @@ class Dispatcher:
             extra = (
                 [(b"retry-after", str(failure.retry_after).encode())] if failure.retry_after else []
             )
-            await _error(send, failure.status, failure.message, request_id, extra)
+            _error(client, failure.status, failure.message, request_id, extra)
             self.record(
                 Record(
                     _name(route),
@@ -312,7 +299,7 @@ class Dispatcher:
                 self.shadower.skipped(route)
                 shadow = False
         note, captured = await self._stream(
-            send, scope.get(TRANSPORT), response, request_id, used, capture=shadow, held=held
+            client, response, request_id, used, capture=shadow, held=held
         )
         status = response.status
         if note == "client-gone":
@@ -412,31 +399,9 @@ class Dispatcher:
             if response.status not in (409, 503):
                 return outcome(response)
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        """The whole request body, or why not. A client that stalls longer than
-        ``body_timeout`` gets 408; one that leaves is the client's business."""
-        parts: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.body_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body:
-                        raise _BodyRefused(413, f"the body exceeds {self.max_body} bytes")
-                    parts.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(parts)
-        except TimeoutError:
-            raise _BodyRefused(408, "the request body did not arrive in time") from None
-
     async def _stream(
         self,
-        send: Send,
-        transport: Any,
+        client: ClientConnection,
         response: UpstreamResponse | _Buffered,
         request_id: str,
         upstream: str,
@@ -450,15 +415,13 @@ class Dispatcher:
         captured: list[bytes] | None = [] if capture else None
         size = 0
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": rules.response_headers(response.headers, request_id, held),
-                }
+            client.start(
+                response.status,
+                rules.response_headers(response.headers, request_id, held),
+                response.reason,
             )
             async for chunk in response.chunks():
-                if transport is not None and transport.is_closing():
+                if client.closing:
                     return "client-gone", None
                 if captured is not None:
                     size += len(chunk)
@@ -466,20 +429,16 @@ class Dispatcher:
                         captured.append(chunk)
                     else:
                         captured = None
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if transport is not None and transport.is_closing():
+                await client.write(chunk)
+            if client.closing:
                 return "client-gone", None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            client.end()
         except UpstreamFailed as exc:
             # Bytes may already be with the client: all we can do is cut the
             # connection so that it sees a truncated response, not a whole one.
             logger.warning("upstream %s broke mid-body: %s", upstream, exc)
             self.upstreams[upstream].cut()
-            # the server holds the head until body bytes follow: let it go first
-            await send({"type": "http.response.body", "body": b"", "more_body": True})
-            if transport is not None:
-                transport.close()
-                await asyncio.sleep(0)  # let the server see the connection go
+            client.cut()
             return "upstream-cut", None
         finally:
             response.close()
@@ -493,17 +452,7 @@ class Dispatcher:
         return peer
 
 
-class _BodyRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _target(scope: Scope) -> tuple[str, bytes]:
-    raw: bytes = scope.get(RAW_TARGET) or scope.get("raw_path", b"/") + (
-        b"?" + scope["query_string"] if scope.get("query_string") else b""
-    )
+def _target(raw: bytes) -> tuple[str, bytes]:
     if not raw.startswith(b"/"):
         # absolute-form (or '*'): what a client sends to a forward proxy,
         # which this is not; it never leaves the machine.
@@ -530,14 +479,13 @@ def _since(started: float) -> float:
     return time.perf_counter() - started
 
 
-def _refused(method: str, scope: Scope, status: int, started: float, request_id: str) -> Record:
-    raw = scope.get(RAW_TARGET) or scope.get("raw_path", b"")
+def _refused(request: Request, status: int, started: float, request_id: str) -> Record:
     return Record(
         None,
         "-",
         "-",
-        method,
-        raw.decode("latin-1")[:200],
+        request.method,
+        request.target.decode("latin-1")[:200],
         status,
         _since(started),
         request_id,
@@ -545,8 +493,8 @@ def _refused(method: str, scope: Scope, status: int, started: float, request_id:
     )
 
 
-async def _error(
-    send: Send,
+def _error(
+    client: ClientConnection,
     status: int,
     message: str,
     request_id: str,
@@ -554,29 +502,7 @@ async def _error(
     *,
     close: bool = False,
 ) -> None:
-    """Answer with servicekit's one error envelope."""
-    body = json.dumps(error_envelope(status, message, request_id)).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode("ascii")),
-        *(extra or ()),
-    ]
-    if close:
-        # a request we refused may have left a body (or garbage) on the wire
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _lifespan(receive: Receive, send: Send, on_shutdown: Callable[[], None]) -> None:
-    """The server says when the worker stops (its connections are done by
-    then): the records of its last requests are written before it goes."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            on_shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    """Answer with servicekit's one error envelope; ``close`` when the
+    request may have left a body (or garbage) on the wire."""
+    headers, body = error_answer(status, message, request_id)
+    client.respond(status, [*headers, *(extra or ())], body, close=close)

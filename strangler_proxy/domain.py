@@ -229,6 +229,9 @@ _FORBIDDEN_DECODED = re.compile(rb"[\x00-\x1f\x7f\\]")
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters kept literal when the normalised path is re-encoded for upstreams.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+#: A path already in normal form: segments of those characters only, none
+#: empty, none starting with a dot (so no "." or ".."), no escapes.
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9:@!$&'()*+,;=_~-][A-Za-z0-9:@!$&'()*+,;=_~.-]*)*/?")
 
 
 def normalise_path(raw: str) -> str:
@@ -240,6 +243,12 @@ def normalise_path(raw: str) -> str:
     path that, written plainly, would reach it too. An encoded slash or
     backslash is refused because upstreams disagree on what it means.
     """
+    if _PLAIN_PATH.fullmatch(raw):
+        return raw  # nearly every request: nothing to decode, remove or collapse
+    return _normalised(raw)
+
+
+def _normalised(raw: str) -> str:
     if not raw.startswith("/"):
         raise BadPath("the path must start with '/'")
     if _PERCENT.search(raw):

@@ -1,6 +1,6 @@
 """gunicorn settings of the proxy: servicekit's, plus what a proxy needs.
 
-``gunicorn --config python:strangler_proxy.gunicorn_conf strangler_proxy.asgi:app``
+``gunicorn --config python:strangler_proxy.gunicorn_conf strangler_proxy.main:app``
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 # One event loop per worker (uvloop, httptools): a request costs no thread
 # hand-off, and a slow client holds a socket, not a worker. See server.py.
-worker_class = "strangler_proxy.server.ProxyWorker"
+worker_class = "strangler_proxy.worker.ProxyWorker"
 # The proxy decides whom to trust itself (PROXY_TRUSTED_PEERS); gunicorn's
 # default would let any local client set X-Forwarded-Proto or SCRIPT_NAME.
 forwarded_allow_ips = ""

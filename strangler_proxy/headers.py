@@ -185,18 +185,20 @@ def response_headers(
 ) -> Headers:
     """The upstream's response headers as the client gets them; a request the
     fence held says for how long (``Server-Timing: fence;dur=<ms>``)."""
-    connection_named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            connection_named.update(token.strip().lower() for token in value.split(b","))
     result: Headers = []
     has_request_id = False
+    connection_named: set[bytes] = set()
     for name, value in headers:
         lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in connection_named:
+        if lowered in HOP_BY_HOP:
+            if lowered == b"connection":
+                connection_named.update(token.strip().lower() for token in value.split(b","))
             continue
         has_request_id = has_request_id or lowered == REQUEST_ID_HEADER
         result.append((name, value))
+    if connection_named:  # rare: an upstream naming its own hop-by-hop headers
+        result = [(name, value) for name, value in result if name.lower() not in connection_named]
+        has_request_id = has_request_id and REQUEST_ID_HEADER not in connection_named
     if not has_request_id:
         result.append((b"X-Request-ID", request_id.encode("ascii")))
     if held:

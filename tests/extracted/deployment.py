@@ -171,7 +171,7 @@ class Deployment:
         }
         argv = [str(BIN / "gunicorn"), "--config", "python:strangler_proxy.gunicorn_conf"]
         argv += ["--bind", f"127.0.0.1:{self.proxy_port}", "--workers", "2"]
-        argv += ["strangler_proxy.asgi:app"]
+        argv += ["strangler_proxy.main:app"]
         server = Server(self._name("proxy"), argv, env, self.logs, self.proxy_port)
         server.wait_until_healthy("/_strangler/health")
         self._keep("proxy", server)

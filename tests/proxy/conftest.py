@@ -1,12 +1,14 @@
 """Fixtures of the proxy's tests: ``upstreams`` (a fake monolith and billing
 service as real processes), ``proxy`` (the wired proxy in-process on a fresh
-route table, served by uvicorn on a thread of the test), ``proxy_client``
+route table, served by its front door on a thread of the test), ``proxy_client``
 (httpx through it) and ``serve_proxy`` (the proxy under gunicorn, as
 ``make run`` serves it)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+import uvloop
 
 from strangler_proxy.bootstrap import Proxy, bootstrap
-from strangler_proxy.server import server_settings
+from strangler_proxy.server import FrontDoor
 from tests.support.databases import migrate
 from tests.support.processes import BIN, Server, free_port, gunicorn, poll
 
@@ -80,26 +82,30 @@ def proxy_database(tmp_path: Path) -> str:
 
 
 class InProcess:
-    """The proxy's app served on a thread of the test, as its gunicorn worker
-    serves it (the same protocol and settings), on a free port."""
+    """The proxy's dispatcher served on a thread of the test, by the front
+    door its gunicorn worker uses (on uvloop, with the same settings), on a
+    free port."""
 
     def __init__(self, proxy: Proxy) -> None:
-        self.port = free_port()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            proxy.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            **server_settings(proxy.settings),
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="in-process-proxy")
+        self.door = FrontDoor(proxy.app, proxy.settings)
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(listener,), name="in-process-proxy")
         self.thread.start()
-        poll(lambda: self.server.started, message="the in-process proxy did not start")
+        poll(self.started.is_set, message="the in-process proxy did not start")
+
+    def _run(self, listener: socket.socket) -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            self.loop = runner.get_loop()
+            runner.run(self.door.serve([listener], grace=5.0, started=self.started.set))
+        listener.close()
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.loop.call_soon_threadsafe(self.door.stop)
         self.thread.join(timeout=10)
 
 
@@ -191,7 +197,7 @@ def serve_proxy(
         f"127.0.0.1:{port}",
         "--workers",
         str(workers),
-        "strangler_proxy.asgi:app",
+        "strangler_proxy.main:app",
     ]
     server = Server("proxy", argv, {**env, "PROXY_ACCESS_LOG": "1"}, log_dir, port)
     server.wait_until_healthy("/_strangler/health")

@@ -77,6 +77,30 @@ def test_paths_are_normalised_before_matching(raw, normal):
 @pytest.mark.parametrize(
     "raw",
     [
+        "/",
+        "/billing/invoices/",
+        "/a..b/c.d/e-f_g~h/:@!$&'()*+,;=",
+        "/.well-known/x",
+        "/billing/./x",
+        "/billing/../x",
+        "/billing//x",
+        "/billing/x%20y",
+        "/caf\u00e9",
+    ],
+)
+def test_the_plain_path_shortcut_agrees_with_the_full_normalisation(raw):
+    # a path the shortcut returns as it is must come out of the full rules unchanged
+    from strangler_proxy.domain import _PLAIN_PATH, _normalised
+
+    if _PLAIN_PATH.fullmatch(raw):
+        assert _normalised(raw) == raw
+    else:
+        assert normalise_path(raw) == _normalised(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
         "/..",
         "/%2e%2e/etc/passwd",
         "/billing%2Finvoices",

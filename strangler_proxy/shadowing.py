@@ -4,10 +4,13 @@ answers are compared — without the primary ever waiting for any of it.
 The copy is sent only once the primary's response has been handed to the
 client (so the two never compete, and the primary's bytes are never
 delayed), on the event loop, bounded by ``SHADOW_IN_FLIGHT`` and sampled by
-``SHADOW_SAMPLE``; anything over the bound is dropped and counted. The
-comparison (JSON parsing, the diff) runs on a thread of its own, fed by a
-bounded queue; its outcomes go to the traffic counts and the metrics, and
-mismatches to a queue the background thread stores. Data flows one way.
+``SHADOW_SAMPLE``; anything over the bound is dropped and counted. Answers
+that are the same bytes (the usual case once the service is right) match
+there and then; the others are compared (JSON parsing, the diff) on a thread
+of its own, fed by a bounded queue — waking it for two equal byte strings
+cost more than the comparison. Outcomes go to the traffic counts and the
+metrics, and mismatches to a queue the background thread stores. Data flows
+one way.
 """
 
 from __future__ import annotations
@@ -142,6 +145,9 @@ class Shadower:
         if body is None:
             self.metrics.shadow(route.name, "skipped")
             return
+        if (response.status, body) == primary:
+            self._counted(route, equal=True)  # nothing to parse: no thread to wake
+            return
         pair = _Pair(
             route, request_id, method, target.decode("latin-1"), primary, (response.status, body)
         )
@@ -160,8 +166,7 @@ class Shadower:
     def _compare(self, pair: _Pair) -> None:
         route = pair.route
         result = compare(*pair.primary, *pair.shadow, route.ignore)
-        self.traffic.shadow(route.name, mismatch=not result.equal)
-        self.metrics.shadow(route.name, "match" if result.equal else "mismatch")
+        self._counted(route, equal=result.equal)
         if not result.equal:
             self.mismatches.put(
                 Mismatch(
@@ -176,6 +181,10 @@ class Shadower:
                     diff=result.diff,
                 )
             )
+
+    def _counted(self, route: Route, *, equal: bool) -> None:
+        self.traffic.shadow(route.name, mismatch=not equal)
+        self.metrics.shadow(route.name, "match" if equal else "mismatch")
 
     def close(self) -> None:
         for task in list(self._tasks):

@@ -203,6 +203,24 @@ def test_shadow_returns_the_monolith_answer_and_stores_mismatches(proxy, proxy_c
     assert 'strangler_shadow_total{outcome="match",route="differs"} 1.0' in metrics
 
 
+def test_a_shadow_with_the_same_bytes_counts_as_a_match_and_stores_nothing(proxy, proxy_client):
+    set_mode(proxy_client, "differs", "shadow")
+
+    for _ in range(3):
+        assert proxy_client.get("/differs/identical").json() == {"total": 10}
+
+    metrics = poll(
+        lambda: (
+            (text := proxy_client.get("/_strangler/metrics").text)
+            and 'strangler_shadow_total{outcome="match",route="differs"} 3.0' in text
+            and text
+        ),
+        message="the three matches were not counted",
+    )
+    assert 'outcome="mismatch"' not in metrics
+    assert proxy_client.get("/_strangler/routes/differs/mismatches", headers=ADMIN).json() == []
+
+
 def test_writes_are_never_shadowed(proxy_client):
     set_mode(proxy_client, "billing", "shadow")
 

@@ -70,6 +70,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         size = int(query.get("bytes", "1000000"))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return (b"x" * min(65536, size - sent) for sent in range(0, size, 65536))
+    if path == "/differs/identical":
+        return _json(start_response, 200, {"total": 10})  # the same bytes from both
     if path.startswith("/differs"):
         # the same answer on both upstreams except a volatile id and timestamp,
         # and, under /differs/really, a real difference

@@ -133,6 +133,7 @@ class ClientConnection(asyncio.Protocol):
         self._parsing: Request | None = None
         self._active: Request | None = None
         self._waiting: collections.deque[Request] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
         self._header_bytes = 0
         self._refusal: tuple[int, str] | None = None
         self._broken = False
@@ -378,7 +379,8 @@ class ClientConnection(asyncio.Protocol):
         self._active = request
         self._answered = False
         self._phase = _BUSY
-        self.loop.create_task(self._serve(request))
+        # the loop keeps only a weak reference to a task: this one is ours to hold
+        self._task = self.loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
         try:

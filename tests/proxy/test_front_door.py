@@ -154,10 +154,8 @@ def test_an_http_1_0_client_gets_the_body_delimited_by_the_close() -> None:
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
-    release = asyncio.Event
-
     async def scenario() -> None:
-        gate = release()
+        gate = asyncio.Event()
 
         async def slow_first(request: Request, client: ClientConnection) -> None:
             if request.target == b"/first":

@@ -4,10 +4,13 @@ requests on the wire, upstream faults and auto-demotion."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import re
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -335,6 +338,47 @@ def test_a_failing_service_is_demoted_to_the_monolith(tmp_path, proxy_database, 
 
 
 # --- shutdown ------------------------------------------------------------------
+
+
+def _workers_of(master: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def _policies(process: int) -> list[int]:
+    """The scheduling policy of each thread of ``process``."""
+    return [
+        os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{process}/task").iterdir()
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux's scheduling policies")
+@pytest.mark.parametrize(
+    ("batch", "policy"),
+    [(True, getattr(os, "SCHED_BATCH", 3)), (False, getattr(os, "SCHED_OTHER", 0))],
+)
+def test_the_workers_and_their_threads_yield_on_wakeup_unless_told_not_to(
+    tmp_path, proxy_database, upstreams, batch, policy
+):
+    server = serve_proxy(
+        tmp_path,
+        proxy_database,
+        upstreams.monolith.url,
+        upstreams.billing.url,
+        BATCH_SCHEDULING=batch,
+    )
+    try:
+        workers = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 2 and found)
+        assert fresh_get(server.url + "/billing/x").status_code == 200
+        # the loop and every background thread (records, shadow comparison, admin)
+        poll(lambda: all(set(_policies(worker)) == {policy} for worker in workers))
+        assert all(len(_policies(worker)) > 1 for worker in workers)
+    finally:
+        server.stop()
 
 
 def test_a_stopping_worker_writes_its_last_requests(tmp_path, proxy_database, upstreams):

@@ -10,7 +10,13 @@ the shadow sent to a cheap fixed-response upstream (what the proxy's own
 shadowing costs) and to the same backend (what a second backend on the same
 cores costs). Last, the issue's table with each bar, met or not.
 
-    .venv/bin/python bench/run.py [--duration 10] [--connections 32] [--rounds 3]
+The machine is shared and noisy, so each figure is the median of interleaved
+rounds (A B C, then C B A, ...) and each ratio the median of the rounds' own
+ratios (a round's targets run back to back). Each proxy's CPU per request,
+read from /proc for its processes, is printed too: unlike throughput, it
+barely moves with what else the machine is doing.
+
+    .venv/bin/python bench/run.py [--duration 10] [--connections 32] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -105,6 +111,16 @@ class Service:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} did not come up")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the service's processes (its session) so far."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == self.popen.pid:  # the session id
+                    total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
@@ -181,22 +197,38 @@ def wrk(url: str, connections: int, duration: int, threads: int = 2) -> dict[str
     return {"rps": rps, "p50": percentiles["50"], "p99": percentiles["99"]}
 
 
-ROUNDS = 3
+ROUNDS = 5
 SHADOW_CONNECTIONS = (1, 8)
-SHADOW_SECONDS = 5
+#: The primary's p99 with and without shadowing: a p99 needs a long run.
+SHADOW_SECONDS = 10
+SAME_BACKEND_SECONDS = 5
+
+
+def interleaved(rounds: int, names: list[str]) -> Iterator[list[str]]:
+    """The order of each round: A B C, then C B A, ...; no target always
+    runs first, or always right after another one."""
+    for number in range(rounds):
+        yield names if number % 2 == 0 else names[::-1]
 
 
 def medians(rounds: int, urls: dict[str, str], measure: Any) -> dict[str, dict[str, float]]:
-    """Each target measured ``rounds`` times, interleaved (A B C A B C ...), and
-    the median of each figure kept: one noisy run neither helps nor hurts."""
+    """Each target measured ``rounds`` times, interleaved, and the median of
+    each figure kept: one noisy run neither helps nor hurts. ``ratio`` is the
+    median of each round's throughput over the same round's direct one: a
+    round's targets ran minutes apart at most, so a drift of the machine
+    between rounds cancels out."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
-    for _ in range(rounds):
-        for name, url in urls.items():
-            runs[name].append(measure(url))
-    return {
+    for order in interleaved(rounds, list(urls)):
+        for name in order:
+            runs[name].append(measure(name, urls[name]))
+    result = {
         name: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for name, results in runs.items()
     }
+    for name, results in runs.items():
+        paired = [r["rps"] / d["rps"] for r, d in zip(results, runs["direct"], strict=True)]
+        result[name]["ratio"] = statistics.median(paired)
+    return result
 
 
 def set_route(proxy: str, route: str, mode: str) -> None:
@@ -208,22 +240,36 @@ def set_route(proxy: str, route: str, mode: str) -> None:
         json={"mode": mode, "reason": "bench", "revision": revision},
     )
     response.raise_for_status()
-    time.sleep(1.5)  # every worker polls the revision; give them all time to converge
+    wanted = httpx.get(f"{proxy}/_strangler/routes", headers=auth).json()["revision"]
+    # every worker polls the table; the gauge is the lowest revision a live worker serves
+    deadline = time.monotonic() + 10
+    while served_revision(proxy) < wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the proxy's workers did not reach revision {wanted}")
+        time.sleep(0.05)
 
 
-def shadow_cost(proxy: str, connections: int, rounds: int) -> dict[str, float]:
+def served_revision(proxy: str) -> float:
+    metrics = httpx.get(f"{proxy}/_strangler/metrics").text
+    found = re.search(r"^strangler_route_revision (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else -1.0
+
+
+def shadow_cost(proxy: str, connections: int, rounds: int, seconds: int) -> dict[str, float]:
     """The primary's p99 on the list in monolith mode and in shadow mode,
-    interleaved, medians."""
-    plain: list[float] = []
-    shadowed: list[float] = []
-    for _ in range(rounds):
-        set_route(proxy, "billing-invoices", "monolith")
-        plain.append(wrk(proxy + LIST, connections, SHADOW_SECONDS, threads=1)["p99"])
-        set_route(proxy, "billing-invoices", "shadow")
-        shadowed.append(wrk(proxy + LIST, connections, SHADOW_SECONDS, threads=1)["p99"])
+    interleaved; ``change`` is the median of each round's change."""
+    p99: dict[str, list[float]] = {"monolith": [], "shadow": []}
+    for order in interleaved(rounds, ["monolith", "shadow"]):
+        for mode in order:
+            set_route(proxy, "billing-invoices", mode)
+            p99[mode].append(wrk(proxy + LIST, connections, seconds, threads=1)["p99"])
     set_route(proxy, "billing-invoices", "monolith")
-    before, after = statistics.median(plain), statistics.median(shadowed)
-    return {"monolith": before, "shadow": after, "change": 100 * (after / before - 1)}
+    changes = [100 * (s / m - 1) for m, s in zip(p99["monolith"], p99["shadow"], strict=True)]
+    return {
+        "monolith": statistics.median(p99["monolith"]),
+        "shadow": statistics.median(p99["shadow"]),
+        "change": statistics.median(changes),
+    }
 
 
 def start_proxy(name: str, log_dir: Path, port: int, monolith: str, billing: str) -> Service:
@@ -250,9 +296,10 @@ def start_proxy(name: str, log_dir: Path, port: int, monolith: str, billing: str
 
 
 @contextlib.contextmanager
-def system(log_dir: Path) -> Iterator[dict[str, str]]:
+def system(log_dir: Path) -> Iterator[tuple[dict[str, str], dict[str, Service]]]:
     """The monolith (direct), the proxy, nginx in front of the monolith, and a
-    cheap fixed-response upstream (nginx serving the list page from a file)."""
+    cheap fixed-response upstream (nginx serving the list page from a file):
+    their URLs, and the services by name."""
     ports = {name: free_port() for name in ("direct", "proxy", "nginx", "cheap")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     services: list[Service] = []
@@ -281,10 +328,9 @@ def system(log_dir: Path) -> Iterator[dict[str, str]]:
         nginx.wait(urls["nginx"] + TRIVIAL)
         nginx.wait(urls["cheap"] + LIST)
 
-        services.append(
-            start_proxy("proxy", log_dir, ports["proxy"], urls["direct"], urls["cheap"])
-        )
-        yield urls
+        proxy = start_proxy("proxy", log_dir, ports["proxy"], urls["direct"], urls["cheap"])
+        services.append(proxy)
+        yield urls, {"direct": monolith, "proxy": proxy, "nginx": nginx}
     finally:
         for service in reversed(services):
             service.stop()
@@ -315,7 +361,7 @@ def main() -> int:
 
     with (
         tempfile.TemporaryDirectory(prefix="strangler-bench-") as tmp,
-        system(Path(tmp)) as every,
+        system(Path(tmp)) as (every, services),
     ):
         urls = {name: every[name] for name in ("direct", "proxy", "nginx")}
         for url in urls.values():  # warm every path once (pools, caches)
@@ -323,39 +369,46 @@ def main() -> int:
         rounds = args.rounds
         print(
             f"\n{os.cpu_count()} cores shared by everything; each figure is the median of "
-            f"{rounds} interleaved rounds (direct, proxy, nginx, direct, ...)\n"
+            f"{rounds} interleaved rounds (direct, proxy, nginx, nginx, proxy, direct, ...);\n"
+            "a ratio is the median of each round's ratio\n"
         )
         saturated = {}
         header = f"{'endpoint':<10} {'target':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
         print(f"saturated: wrk, {args.connections} connections, {args.duration}s per run")
-        print(header + f" {'proxy/direct':>13} {'proxy/nginx':>12}")
+        print(header + f" {'CPU/req':>8} {'proxy/direct':>13} {'proxy/nginx':>12}")
+
+        def saturate(name: str, url: str, path: str) -> dict[str, float]:
+            before = services[name].cpu_seconds()
+            result = wrk(url + path, args.connections, args.duration)
+            spent = services[name].cpu_seconds() - before
+            result["cpu_us"] = 1e6 * spent / (result["rps"] * args.duration)
+            return result
+
         for label, path in (("trivial", TRIVIAL), ("list", LIST)):
-            results = medians(
-                rounds,
-                urls,
-                lambda url, path=path: wrk(url + path, args.connections, args.duration),
-            )
+            results = medians(rounds, urls, lambda name, url, path=path: saturate(name, url, path))
             saturated[label] = results
             for name, r in results.items():
                 ratios = ""
                 if name == "proxy":
                     ratios = (
-                        f" {r['rps'] / results['direct']['rps']:>12.2f}x"
-                        f" {r['rps'] / results['nginx']['rps']:>11.2f}x"
+                        f" {r['ratio']:>12.2f}x {r['ratio'] / results['nginx']['ratio']:>11.2f}x"
                     )
                 print(
                     f"{label:<10} {name:<7} {r['rps']:>9.0f} {r['p50']:>8.2f} "
-                    f"{r['p99']:>8.2f}{ratios}"
+                    f"{r['p99']:>8.2f} {r['cpu_us']:>6.0f}us{ratios}"
                 )
+        print("  (CPU/req: of the target's own processes; for direct, the monolith's)")
 
         print("\nunsaturated: 1 connection, trivial endpoint, 5s per run")
-        single = medians(rounds, urls, lambda url: wrk(url + TRIVIAL, 1, 5, threads=1))
+        single = medians(rounds, urls, lambda _, url: wrk(url + TRIVIAL, 1, 5, threads=1))
         for name in ("direct", "proxy", "nginx"):
             r = single[name]
             print(f"  {name:<6} p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms")
 
         print("\nshadow mode: the primary's p99 on the list, monolith mode vs shadow mode")
-        cheap = {c: shadow_cost(every["proxy"], c, rounds) for c in SHADOW_CONNECTIONS}
+        cheap = {
+            c: shadow_cost(every["proxy"], c, rounds, SHADOW_SECONDS) for c in SHADOW_CONNECTIONS
+        }
         for c, r in cheap.items():
             print(
                 f"  cheap target, {c} conn: {r['monolith']:.2f} -> {r['shadow']:.2f} ms "
@@ -367,7 +420,10 @@ def main() -> int:
             "proxy-same", Path(tmp), same_port, every["direct"], every["direct"]
         )
         try:
-            same = {c: shadow_cost(same_url, c, rounds) for c in SHADOW_CONNECTIONS}
+            same = {
+                c: shadow_cost(same_url, c, rounds, SAME_BACKEND_SECONDS)
+                for c in SHADOW_CONNECTIONS
+            }
         finally:
             same_proxy.stop()
         for c, r in same.items():
@@ -386,7 +442,7 @@ def main() -> int:
         trivial, listing = saturated["trivial"], saturated["list"]
 
         def ratio(results: dict[str, dict[str, float]], name: str) -> float:
-            return results[name]["rps"] / results["direct"]["rps"]
+            return results[name]["ratio"]
 
         proxy_added = added["proxy"]
         rows = [
@@ -427,6 +483,14 @@ def main() -> int:
                 "—",
                 "—",
                 " / ".join(f"{r['change']:+.1f}% at {c}" for c, r in same.items()),
+                "(reported)",
+                "",
+            ),
+            (
+                "CPU per list request (the monolith's; each proxy's own)",
+                f"{listing['direct']['cpu_us']:,.0f} µs",
+                f"{listing['nginx']['cpu_us']:,.0f} µs",
+                f"{listing['proxy']['cpu_us']:,.0f} µs",
                 "(reported)",
                 "",
             ),

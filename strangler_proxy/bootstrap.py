@@ -27,6 +27,7 @@ from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable
 from strangler_proxy.metrics import Metrics
 from strangler_proxy.recording import Recorder
 from strangler_proxy.repository import RouteStore, load_route_file
+from strangler_proxy.scheduling import yield_on_wakeup
 from strangler_proxy.shadowing import Mismatch, Shadower
 from strangler_proxy.traffic import Traffic
 from strangler_proxy.upstream import Upstream
@@ -101,7 +102,14 @@ class Proxy:
             verify_max_age=float(settings["DATA_VERIFY_MAX_AGE"]),
         )
         self.admin = admin.create_admin_app(self)
-        self.admin_bridge = WsgiBridge(self.admin, ADMIN_THREADS, float(settings["BODY_TIMEOUT"]))
+        self.admin_bridge = WsgiBridge(
+            self.admin,
+            ADMIN_THREADS,
+            float(settings["BODY_TIMEOUT"]),
+            # its threads start on demand, when the loop may be preempting: never in
+            # a hurry, they yield like the worker's other background threads
+            initializer=yield_on_wakeup if settings["YIELD_UNDER_LOAD"] else None,
+        )
         self.app = Dispatcher(
             routes=self.routes,
             owners=self.owners,

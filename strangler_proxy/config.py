@@ -100,8 +100,8 @@ def defaults() -> dict[str, Any]:
         "CLIENT_KEEPALIVE": DEFAULT_CLIENT_KEEPALIVE,
         "FENCE_HOLD": DEFAULT_FENCE_HOLD,
         "ACCESS_LOG": True,
-        # The workers run as SCHED_BATCH: see worker.yield_on_wakeup.
-        "BATCH_SCHEDULING": True,
+        # A busy worker does not preempt its neighbours on wake-up: scheduling.py.
+        "YIELD_UNDER_LOAD": True,
     }
 
 

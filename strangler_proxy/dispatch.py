@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from servicekit.ownership import NotOwner, OwnershipMoving
@@ -89,9 +89,9 @@ class _Buffered:
         self._response = response
         self._body = body
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self._body:
-            yield self._body
+    async def next_chunk(self) -> bytes | None:
+        body, self._body = self._body, b""
+        return body or None
 
     def close(self) -> None:
         self._response.close()
@@ -143,6 +143,12 @@ class Dispatcher:
         request_id = rules.request_id_from(facts.request_id) or new_request_id()
         with bound_request_id(request_id):
             await self._handle(request, client, facts, request_id, started)
+
+    def refused(self, request: Request, status: int, request_id: str) -> None:
+        """The front door refused a request itself (a malformed or oversized
+        head, one too slow to arrive): logged and counted like any other,
+        against no route and no upstream."""
+        self.record(_refused(request, status, time.perf_counter(), request_id))
 
     def shutdown(self) -> None:
         """The worker stops (its connections are done): the records of its
@@ -420,7 +426,7 @@ class Dispatcher:
                 rules.response_headers(response.headers, request_id, held),
                 response.reason,
             )
-            async for chunk in response.chunks():
+            while (chunk := await response.next_chunk()) is not None:
                 if client.closing:
                     return "client-gone", None
                 if captured is not None:

@@ -118,6 +118,12 @@ class Handler(Protocol):
     def __call__(self, request: Request, client: ClientConnection) -> Awaitable[None]: ...
 
 
+#: Told of each request the front door refused itself (a malformed or
+#: oversized head, one too slow to arrive): what was parsed of it, the
+#: status and the request id of the answer.
+OnRefused = Callable[[Request, int, str], None]
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses its requests, runs the handler for each in
     turn, and writes the answers (``respond`` whole, or ``start`` / ``write`` /
@@ -379,6 +385,7 @@ class ClientConnection(asyncio.Protocol):
         self._active = request
         self._answered = False
         self._phase = _BUSY
+        self.door.load(+1)
         # the loop keeps only a weak reference to a task: this one is ours to hold
         self._task = self.loop.create_task(self._serve(request))
 
@@ -399,6 +406,7 @@ class ClientConnection(asyncio.Protocol):
             self._finished(request)
 
     def _finished(self, request: Request) -> None:
+        self.door.load(-1)
         if not self._answered:
             self.cut()  # nothing was said: the client must not wait for it
         self._active = None
@@ -450,7 +458,10 @@ class ClientConnection(asyncio.Protocol):
         self._refusal = None
         if self.closing:
             return
-        headers, body = error_answer(status, message, new_request_id())
+        request_id = new_request_id()
+        headers, body = error_answer(status, message, request_id)
+        if self.door.on_refused is not None:
+            self.door.on_refused(self._parsing or Request(), status, request_id)
         self._active = self._active or Request()
         self._answered = False
         self._close_after = True
@@ -503,10 +514,22 @@ def error_answer(status: int, message: str, request_id: str) -> tuple[Headers, b
 class FrontDoor:
     """Serves ``handler`` on listening sockets until ``stop``; its settings
     are the proxy's (``MAX_BODY_BYTES``, ``MAX_HEADER_BYTES``,
-    ``HEADER_TIMEOUT``, ``SEND_TIMEOUT``, ``CLIENT_KEEPALIVE``)."""
+    ``HEADER_TIMEOUT``, ``SEND_TIMEOUT``, ``CLIENT_KEEPALIVE``). The requests
+    it refuses before the handler sees them go to ``on_refused``; ``on_load``
+    is told the number of requests in flight each time it changes."""
 
-    def __init__(self, handler: Handler, settings: dict[str, object]) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        settings: dict[str, object],
+        *,
+        on_refused: OnRefused | None = None,
+        on_load: Callable[[int], None] | None = None,
+    ) -> None:
         self.handler = handler
+        self.on_refused = on_refused
+        self.on_load = on_load
+        self.in_flight = 0
         self.max_body = int(settings["MAX_BODY_BYTES"])  # type: ignore[call-overload]
         self.max_header_bytes = int(settings["MAX_HEADER_BYTES"])  # type: ignore[call-overload]
         self.header_timeout = float(settings["HEADER_TIMEOUT"])  # type: ignore[arg-type]
@@ -542,6 +565,11 @@ class FrontDoor:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
+
+    def load(self, change: int) -> None:
+        self.in_flight += change
+        if self.on_load is not None:
+            self.on_load(self.in_flight)
 
     def stop(self) -> None:
         """Stop accepting; called on the loop (a signal handler, or threadsafe)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
@@ -50,22 +49,20 @@ class UpstreamResponse:
         self.headers: list[tuple[bytes, bytes]] = connection.headers
         self._head_only = head_only
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body; raises :class:`UpstreamFailed` if the upstream breaks off."""
+    async def next_chunk(self) -> bytes | None:
+        """The body's next bytes, None at its end; raises :class:`UpstreamFailed`
+        if the upstream breaks off. (A coroutine, not an async generator: this
+        is called for every answer, and a generator costs more per answer
+        than the loop it saves writing.)"""
         if self._head_only:
-            return
-        connection = self._connection
-        while True:
-            chunk = await connection.next_chunk()
-            if chunk is None:
-                return
-            yield chunk
+            return None
+        return await self._connection.next_chunk()
 
     async def read(self, limit: int) -> bytes | None:
         """The whole body, or None when it is longer than ``limit``."""
         parts: list[bytes] = []
         size = 0
-        async for chunk in self.chunks():
+        while (chunk := await self.next_chunk()) is not None:
             size += len(chunk)
             if size > limit:
                 self.close()
@@ -96,13 +93,21 @@ class _Connection(asyncio.Protocol):
         #: When the upstream last sent something, and how long it may then be quiet.
         self._heard_at = 0.0
         self._quiet_limit = pool.read_timeout
+        # one parser for the connection's life: after a whole answer it is
+        # ready for the next (a connection that breaks one is not reused)
+        self.parser = httptools.HttpResponseParser(self)
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done: asyncio.Future[None] = self.loop.create_future()
+        self.head_complete = False
+        #: Set once the head and the first body bytes (or the whole answer)
+        #: are in: the client's head waits for those bytes anyway (server.py
+        #: sends them in one write), so the request wakes once, not twice,
+        #: when an upstream writes its head and its body apart (gunicorn does).
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.head_only = False
         self.message_complete = False
         self.keep_alive = False
         self.got_bytes = False
@@ -132,7 +137,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         if not self.message_complete:
-            if self.headers_done.done() and not self._has_length():
+            if self.head_complete and not self._has_length():
                 # a body delimited by the end of the connection (HTTP/1.0 style)
                 self.on_message_complete()
             else:
@@ -149,8 +154,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         # asked now: once the message is complete the parser has forgotten
         self.keep_alive = self.parser.should_keep_alive()
-        if not self.headers_done.done():
-            self.headers_done.set_result(None)
+        self.head_complete = True
+        if self.head_only:  # the answer to HEAD has no body, whatever its length says
+            self._set_ready()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -161,11 +167,13 @@ class _Connection(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
             self._cancel_timer()
+        self._set_ready()
         self._wake()
 
     def on_message_complete(self) -> None:
         self.message_complete = True
         self._cancel_timer()
+        self._set_ready()
         self._wake()
 
     # --- the exchange ---------------------------------------------------------
@@ -182,6 +190,10 @@ class _Connection(asyncio.Protocol):
             or 100 <= self.parser.get_status_code() < 200
         )
 
+    def _set_ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
     def _wake(self) -> None:
         waiter = self.body_ready
         if waiter is not None and not waiter.done():
@@ -190,9 +202,9 @@ class _Connection(asyncio.Protocol):
     def _fail(self, failure: Exception | None) -> None:
         if failure is None:
             failure = UpstreamFailed(502, f"upstream {self.pool.name} closed the connection")
-        if not self.headers_done.done():
-            self.headers_done.set_exception(failure)
-            self.headers_done.exception()  # retrieved: no "never retrieved" warning if unused
+        if not self.ready.done():
+            self.ready.set_exception(failure)
+            self.ready.exception()  # retrieved: no "never retrieved" warning if unused
         elif isinstance(failure, UpstreamFailed):
             self.failure = failure
         else:
@@ -234,13 +246,15 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def exchange(self, request: bytes, timeout: float | None) -> None:
-        """Send ``request`` and wait for the response's headers."""
+    async def exchange(self, request: bytes, timeout: float | None, *, head_only: bool) -> None:
+        """Send ``request`` and wait for the response's head and first body
+        bytes (``head_only``: the head; the answer to a HEAD request)."""
         assert self.transport is not None
         self.used = True
+        self.head_only = head_only
         self.transport.write(request)
         self._arm_timer(timeout)
-        await self.headers_done
+        await self.ready
 
     async def next_chunk(self) -> bytes | None:
         while True:
@@ -340,7 +354,8 @@ class Upstream:
         retry: bool,
         timeout: float | None = None,
     ) -> UpstreamResponse:
-        """Send a request and return once the response's headers are in;
+        """Send a request and return once the response's head and first body
+        bytes are in (see ``_Connection.ready``);
         failures become :class:`UpstreamFailed` with the status the client
         should see, and count against the breaker."""
         if not self.breaker.allow():
@@ -353,7 +368,7 @@ class Upstream:
             connection: _Connection | None = None
             try:
                 connection = await self._connection()
-                await connection.exchange(request, timeout)
+                await connection.exchange(request, timeout, head_only=method == "HEAD")
             except _Retryable:
                 if attempt + 1 < attempts:
                     continue

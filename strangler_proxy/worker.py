@@ -17,6 +17,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
 from strangler_proxy import config
+from strangler_proxy.scheduling import WakeupPolicy, yield_on_wakeup
 from strangler_proxy.server import FrontDoor
 
 __all__ = ["ProxyWorker"]
@@ -26,9 +27,9 @@ class ProxyWorker(Worker):
     """Serves the dispatcher that gunicorn loaded (``strangler_proxy.main:app``)."""
 
     def init_process(self) -> None:
-        # before the app is loaded: the threads it starts inherit the policy
-        if config.load()["BATCH_SCHEDULING"]:
-            yield_on_wakeup()
+        self.yields = bool(config.load()["YIELD_UNDER_LOAD"])
+        if self.yields:
+            yield_on_wakeup()  # before the app is loaded: the threads it starts inherit it
         super().init_process()
 
     def init_signals(self) -> None:
@@ -45,7 +46,12 @@ class ProxyWorker(Worker):
 
     async def _serve(self) -> None:
         dispatcher: Any = self.wsgi
-        door = FrontDoor(dispatcher, config.load())
+        door = FrontDoor(
+            dispatcher,
+            config.load(),
+            on_refused=dispatcher.refused,
+            on_load=WakeupPolicy() if self.yields else None,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._stop, door)
@@ -83,18 +89,3 @@ class ProxyWorker(Worker):
                 door.stop()
                 return
             await asyncio.sleep(interval)
-
-
-def yield_on_wakeup() -> None:
-    """Run this process as SCHED_BATCH (Linux): woken by a packet, it waits
-    for the task on the core to end its slice instead of preempting it.
-
-    A proxy wakes two or three times per request, for microseconds each.
-    Beside its upstream on the same cores, each wake-up that preempts costs
-    the upstream a switch and cold caches too (docs/architecture.md has the
-    figures). A core that is idle runs the proxy at once, as before, so
-    latency at low load does not change. Where the policy does not exist
-    (not Linux), nothing happens."""
-    set_policy = getattr(os, "sched_setscheduler", None)
-    if set_policy is not None:
-        set_policy(0, os.SCHED_BATCH, os.sched_param(0))

@@ -20,11 +20,18 @@ class WsgiBridge:
     """The admin app as the dispatcher calls it (``dispatch.AdminApp``)."""
 
     def __init__(
-        self, app: Callable[..., Iterable[bytes]], threads: int, body_timeout: float
+        self,
+        app: Callable[..., Iterable[bytes]],
+        threads: int,
+        body_timeout: float,
+        *,
+        initializer: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.body_timeout = body_timeout
-        self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="admin")
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="admin", initializer=initializer
+        )
 
     async def __call__(
         self, request: Request, client: ClientConnection, path: str, request_id: str

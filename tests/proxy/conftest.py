@@ -92,7 +92,7 @@ class InProcess:
         listener.listen(128)
         self.port = listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.door = FrontDoor(proxy.app, proxy.settings)
+        self.door = FrontDoor(proxy.app, proxy.settings, on_refused=proxy.app.refused)
         self.started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(listener,), name="in-process-proxy")
         self.thread.start()

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -349,34 +350,70 @@ def _workers_of(master: int) -> list[int]:
     return children
 
 
-def _policies(process: int) -> list[int]:
-    """The scheduling policy of each thread of ``process``."""
-    return [
-        os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{process}/task").iterdir()
-    ]
+def _loop_policy(worker: int) -> int:
+    return os.sched_getscheduler(worker)  # the event loop runs on the main thread
+
+
+def _background_policies(worker: int) -> set[int]:
+    """The policies of the worker's other threads (records, shadow comparison, admin)."""
+    threads = {int(task.name) for task in Path(f"/proc/{worker}/task").iterdir()} - {worker}
+    assert threads, "the worker has no background threads"
+    return {os.sched_getscheduler(thread) for thread in threads}
+
+
+SCHED_BATCH, SCHED_OTHER = getattr(os, "SCHED_BATCH", 3), getattr(os, "SCHED_OTHER", 0)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux's scheduling policies")
-@pytest.mark.parametrize(
-    ("batch", "policy"),
-    [(True, getattr(os, "SCHED_BATCH", 3)), (False, getattr(os, "SCHED_OTHER", 0))],
-)
-def test_the_workers_and_their_threads_yield_on_wakeup_unless_told_not_to(
-    tmp_path, proxy_database, upstreams, batch, policy
+def test_a_busy_worker_yields_on_wakeup_and_a_light_one_preempts(
+    tmp_path, proxy_database, upstreams
 ):
+    server = serve_proxy(
+        tmp_path, proxy_database, upstreams.monolith.url, upstreams.billing.url, workers=1
+    )
+    try:
+        (worker,) = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 1 and found)
+        assert fresh_get(server.url + "/slow", params={"seconds": 0}).status_code == 200
+        poll(lambda: _loop_policy(worker) == SCHED_OTHER)  # one request in flight: preempt
+        assert _background_policies(worker) == {SCHED_BATCH}  # never in a hurry
+
+        with ThreadPoolExecutor(5) as pool:  # five in flight, the upstream the bottleneck
+            slow = [
+                pool.submit(fresh_get, server.url + "/slow", params={"seconds": 1})
+                for _ in range(5)
+            ]
+            poll(
+                lambda: _loop_policy(worker) == SCHED_BATCH, message="the busy loop kept preempting"
+            )
+            assert [answer.result().status_code for answer in slow] == [200] * 5
+
+        assert fresh_get(server.url + "/slow", params={"seconds": 0}).status_code == 200
+        poll(lambda: _loop_policy(worker) == SCHED_OTHER)  # light again
+        assert _background_policies(worker) == {SCHED_BATCH}
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux's scheduling policies")
+def test_a_worker_told_not_to_yield_keeps_the_default_policy(tmp_path, proxy_database, upstreams):
     server = serve_proxy(
         tmp_path,
         proxy_database,
         upstreams.monolith.url,
         upstreams.billing.url,
-        BATCH_SCHEDULING=batch,
+        workers=1,
+        YIELD_UNDER_LOAD=False,
     )
     try:
-        workers = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 2 and found)
-        assert fresh_get(server.url + "/billing/x").status_code == 200
-        # the loop and every background thread (records, shadow comparison, admin)
-        poll(lambda: all(set(_policies(worker)) == {policy} for worker in workers))
-        assert all(len(_policies(worker)) > 1 for worker in workers)
+        (worker,) = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 1 and found)
+        with ThreadPoolExecutor(5) as pool:
+            slow = [
+                pool.submit(fresh_get, server.url + "/slow", params={"seconds": 0.5})
+                for _ in range(5)
+            ]
+            assert [answer.result().status_code for answer in slow] == [200] * 5
+        assert _loop_policy(worker) == SCHED_OTHER
+        assert _background_policies(worker) == {SCHED_OTHER}
     finally:
         server.stop()
 

@@ -233,6 +233,10 @@ def test_requests_nginx_refuses_are_refused_before_any_upstream(
     reply = send_raw(port_of(proxy), request_bytes, close_write=True)
     assert status_of(reply) == status
     assert nothing_heard(heard)
+    # in the access log and the metrics too, whoever refused it (the front
+    # door or the dispatcher), and against no route or upstream
+    counted = f'strangler_requests_total{{route="-",status="{status}",upstream="-"}} 1.0'
+    poll(lambda: counted in proxy.metrics.render().decode(), message="the refusal was not counted")
 
 
 def test_an_upstream_sending_both_lengths_gets_502(make_proxy):

@@ -490,8 +490,8 @@ def _refused(request: Request, status: int, started: float, request_id: str) -> 
         None,
         "-",
         "-",
-        request.method,
-        request.target.decode("latin-1")[:200],
+        request.method or "-",  # a head refused before its method was read
+        request.target.decode("latin-1")[:200] or "-",
         status,
         _since(started),
         request_id,

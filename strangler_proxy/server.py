@@ -385,7 +385,7 @@ class ClientConnection(asyncio.Protocol):
         self._active = request
         self._answered = False
         self._phase = _BUSY
-        self.door.load(+1)
+        self.door.track_in_flight(+1)
         # the loop keeps only a weak reference to a task: this one is ours to hold
         self._task = self.loop.create_task(self._serve(request))
 
@@ -406,7 +406,7 @@ class ClientConnection(asyncio.Protocol):
             self._finished(request)
 
     def _finished(self, request: Request) -> None:
-        self.door.load(-1)
+        self.door.track_in_flight(-1)
         if not self._answered:
             self.cut()  # nothing was said: the client must not wait for it
         self._active = None
@@ -566,7 +566,7 @@ class FrontDoor:
             if connection.transport is not None:
                 connection.transport.abort()
 
-    def load(self, change: int) -> None:
+    def track_in_flight(self, change: int) -> None:
         self.in_flight += change
         if self.on_load is not None:
             self.on_load(self.in_flight)

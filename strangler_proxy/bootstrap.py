@@ -27,7 +27,7 @@ from strangler_proxy.domain import Breaker, DemotionPolicy, RouteTable
 from strangler_proxy.metrics import Metrics
 from strangler_proxy.recording import Recorder
 from strangler_proxy.repository import RouteStore, load_route_file
-from strangler_proxy.scheduling import yield_on_wakeup
+from strangler_proxy.scheduling import default_policy
 from strangler_proxy.shadowing import Mismatch, Shadower
 from strangler_proxy.traffic import Traffic
 from strangler_proxy.upstream import Upstream
@@ -106,9 +106,8 @@ class Proxy:
             self.admin,
             ADMIN_THREADS,
             float(settings["BODY_TIMEOUT"]),
-            # its threads start on demand, when the loop may be preempting: never in
-            # a hurry, they yield like the worker's other background threads
-            initializer=yield_on_wakeup if settings["YIELD_UNDER_LOAD"] else None,
+            # its threads start on demand, from the loop, which may be yielding then
+            initializer=default_policy,
         )
         self.app = Dispatcher(
             routes=self.routes,

@@ -17,7 +17,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
 from strangler_proxy import config
-from strangler_proxy.scheduling import WakeupPolicy, yield_on_wakeup
+from strangler_proxy.scheduling import WakeupPolicy
 from strangler_proxy.server import FrontDoor
 
 __all__ = ["ProxyWorker"]
@@ -25,12 +25,6 @@ __all__ = ["ProxyWorker"]
 
 class ProxyWorker(Worker):
     """Serves the dispatcher that gunicorn loaded (``strangler_proxy.main:app``)."""
-
-    def init_process(self) -> None:
-        self.yields = bool(config.load()["YIELD_UNDER_LOAD"])
-        if self.yields:
-            yield_on_wakeup()  # before the app is loaded: the threads it starts inherit it
-        super().init_process()
 
     def init_signals(self) -> None:
         # The loop installs its own handlers (run): Python-level ones would run
@@ -50,7 +44,7 @@ class ProxyWorker(Worker):
             dispatcher,
             config.load(),
             on_refused=dispatcher.refused,
-            on_load=WakeupPolicy() if self.yields else None,
+            on_load=WakeupPolicy() if config.load()["YIELD_UNDER_LOAD"] else None,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):

@@ -15,9 +15,9 @@ def test_the_loop_preempts_when_light_and_yields_when_busy_without_flapping():
     policy = WakeupPolicy(switched.append)
     for in_flight in [1, 2, BUSY - 1, BUSY, BUSY + 3, BUSY - 1, 2, LIGHT, 0, 2, BUSY]:
         policy(in_flight)
-    # starts yielding (inherited); light: preempt; busy: yield; light again:
-    # preempt; busy: yield. Between the thresholds, nothing changes.
-    assert switched == [False, True, False, True]
+    # starts preempting (the default); busy: yield; light again: preempt;
+    # busy: yield. Between the thresholds, nothing changes.
+    assert switched == [True, False, True]
     assert policy.batch
 
 

@@ -40,11 +40,12 @@ class ProxyWorker(Worker):
 
     async def _serve(self) -> None:
         dispatcher: Any = self.wsgi
+        settings = config.load()
         door = FrontDoor(
             dispatcher,
-            config.load(),
+            settings,
             on_refused=dispatcher.refused,
-            on_load=WakeupPolicy() if config.load()["YIELD_UNDER_LOAD"] else None,
+            on_load=WakeupPolicy() if settings["YIELD_UNDER_LOAD"] else None,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):

@@ -350,6 +350,12 @@ def _workers_of(master: int) -> list[int]:
     return children
 
 
+def _the_worker(server) -> int:  # type: ignore[no-untyped-def]
+    """The pid of the one worker of a proxy served with ``workers=1``."""
+    (worker,) = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 1 and found)
+    return worker
+
+
 def _loop_policy(worker: int) -> int:
     return os.sched_getscheduler(worker)  # the event loop runs on the main thread
 
@@ -372,7 +378,7 @@ def test_a_busy_worker_yields_on_wakeup_and_a_light_one_preempts(
         tmp_path, proxy_database, upstreams.monolith.url, upstreams.billing.url, workers=1
     )
     try:
-        (worker,) = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 1 and found)
+        worker = _the_worker(server)
         assert fresh_get(server.url + "/slow", params={"seconds": 0}).status_code == 200
         assert _loop_policy(worker) == SCHED_OTHER  # one request in flight: preempt
         # the other threads take the GIL: they must never wait for someone's slice with it
@@ -406,7 +412,7 @@ def test_a_worker_told_not_to_yield_keeps_the_default_policy(tmp_path, proxy_dat
         YIELD_UNDER_LOAD=False,
     )
     try:
-        (worker,) = poll(lambda: (found := _workers_of(server.pid)) and len(found) == 1 and found)
+        worker = _the_worker(server)
         with ThreadPoolExecutor(5) as pool:
             slow = [
                 pool.submit(fresh_get, server.url + "/slow", params={"seconds": 0.5})

@@ -58,7 +58,7 @@ clean:  ## remove the virtualenv and local databases
 
 # --- the strangler proxy (docs/02-put-the-proxy-in-front.md) ---------------------
 .PHONY: bench bench-proxy toggle browser demo-load demo
-bench: install var  ## load: the monolith directly, through the proxy and through nginx
+bench: install var  ## load: the monolith directly, through the proxy, nginx and a Python byte relay
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

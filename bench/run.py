@@ -2,9 +2,11 @@
 nginx, under wrk, on a trivial endpoint and on the paginated invoice list.
 
 Everything runs on 127.0.0.1 on this machine: a seeded monolith (gunicorn,
-servicekit's settings), the proxy (gunicorn, its own settings) and nginx as a
-reverse proxy with upstream keep-alive. It prints throughput and p50/p99 and
-the ratios proxy/direct and proxy/nginx, then the latency each proxy adds
+servicekit's settings), the proxy (gunicorn, its own settings), nginx as a
+reverse proxy with upstream keep-alive, and under load the floor of any
+Python proxy (``bench/relay.py``: bytes relayed on uvloop, nothing parsed).
+It prints throughput and p50/p99, each target's ratio to direct and the
+proxy's to nginx, then the latency each proxy adds
 with one connection, and what shadow mode adds to the primary's p99 — with
 the shadow sent to a cheap fixed-response upstream (what the proxy's own
 shadowing costs) and to the same backend (what a second backend on the same
@@ -38,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from servicekit.gunicorn_conf import workers as proxy_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -300,7 +304,7 @@ def system(log_dir: Path) -> Iterator[tuple[dict[str, str], dict[str, Service]]]
     """The monolith (direct), the proxy, nginx in front of the monolith, and a
     cheap fixed-response upstream (nginx serving the list page from a file):
     their URLs, and the services by name."""
-    ports = {name: free_port() for name in ("direct", "proxy", "nginx", "cheap")}
+    ports = {name: free_port() for name in ("direct", "proxy", "nginx", "cheap", "relay")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     services: list[Service] = []
     try:
@@ -328,9 +332,24 @@ def system(log_dir: Path) -> Iterator[tuple[dict[str, str], dict[str, Service]]]
         nginx.wait(urls["nginx"] + TRIVIAL)
         nginx.wait(urls["cheap"] + LIST)
 
+        relay = Service(
+            "relay",
+            [
+                sys.executable,
+                str(ROOT / "bench" / "relay.py"),
+                str(ports["relay"]),
+                str(ports["direct"]),
+                str(proxy_workers),  # as many processes as the proxy has workers
+            ],
+            {},
+            log_dir,
+        )
+        services.append(relay)
+        relay.wait(urls["relay"] + TRIVIAL)
+
         proxy = start_proxy("proxy", log_dir, ports["proxy"], urls["direct"], urls["cheap"])
         services.append(proxy)
-        yield urls, {"direct": monolith, "proxy": proxy, "nginx": nginx}
+        yield urls, {"direct": monolith, "proxy": proxy, "nginx": nginx, "relay": relay}
     finally:
         for service in reversed(services):
             service.stop()
@@ -364,7 +383,8 @@ def main() -> int:
         system(Path(tmp)) as (every, services),
     ):
         urls = {name: every[name] for name in ("direct", "proxy", "nginx")}
-        for url in urls.values():  # warm every path once (pools, caches)
+        loaded = {**urls, "relay": every["relay"]}
+        for url in loaded.values():  # warm every path once (pools, caches)
             wrk(url + LIST, 4, 2)
         rounds = args.rounds
         print(
@@ -375,7 +395,7 @@ def main() -> int:
         saturated = {}
         header = f"{'endpoint':<10} {'target':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
         print(f"saturated: wrk, {args.connections} connections, {args.duration}s per run")
-        print(header + f" {'CPU/req':>8} {'proxy/direct':>13} {'proxy/nginx':>12}")
+        print(header + f" {'CPU/req':>8} {'/direct':>8} {'proxy/nginx':>12}")
 
         def saturate(name: str, url: str, path: str) -> dict[str, float]:
             before = services[name].cpu_seconds()
@@ -385,19 +405,22 @@ def main() -> int:
             return result
 
         for label, path in (("trivial", TRIVIAL), ("list", LIST)):
-            results = medians(rounds, urls, lambda name, url, path=path: saturate(name, url, path))
+            results = medians(
+                rounds, loaded, lambda name, url, path=path: saturate(name, url, path)
+            )
             saturated[label] = results
             for name, r in results.items():
-                ratios = ""
+                ratios = f" {r['ratio']:>7.3f}x" if name != "direct" else ""
                 if name == "proxy":
-                    ratios = (
-                        f" {r['ratio']:>12.2f}x {r['ratio'] / results['nginx']['ratio']:>11.2f}x"
-                    )
+                    ratios += f" {r['ratio'] / results['nginx']['ratio']:>11.3f}x"
                 print(
                     f"{label:<10} {name:<7} {r['rps']:>9.0f} {r['p50']:>8.2f} "
                     f"{r['p99']:>8.2f} {r['cpu_us']:>6.0f}us{ratios}"
                 )
-        print("  (CPU/req: of the target's own processes; for direct, the monolith's)")
+        print(
+            "  (CPU/req: of the target's own processes; for direct, the monolith's;\n"
+            "   relay: bytes relayed in Python, nothing parsed — the floor of any Python proxy)"
+        )
 
         print("\nunsaturated: 1 connection, trivial endpoint, 5s per run")
         single = medians(rounds, urls, lambda _, url: wrk(url + TRIVIAL, 1, 5, threads=1))
@@ -491,6 +514,14 @@ def main() -> int:
                 f"{listing['direct']['cpu_us']:,.0f} µs",
                 f"{listing['nginx']['cpu_us']:,.0f} µs",
                 f"{listing['proxy']['cpu_us']:,.0f} µs",
+                "(reported)",
+                "",
+            ),
+            (
+                "the floor: a Python byte relay (bench/relay.py), list throughput; its CPU",
+                "—",
+                "—",
+                f"{ratio(listing, 'relay'):.3f}x; {listing['relay']['cpu_us']:,.0f} µs",
                 "(reported)",
                 "",
             ),

@@ -53,6 +53,9 @@ class _Client(asyncio.Protocol):
         except OSError:
             self.transport.close()
             return
+        if self.transport.is_closing():  # the client left while we connected
+            upstream.close()
+            return
         self.upstream = upstream
         for data in self.early:
             upstream.write(data)

@@ -389,7 +389,7 @@ def main() -> int:
         rounds = args.rounds
         print(
             f"\n{os.cpu_count()} cores shared by everything; each figure is the median of "
-            f"{rounds} interleaved rounds (direct, proxy, nginx, nginx, proxy, direct, ...);\n"
+            f"{rounds} interleaved rounds (A B C, then C B A, ...);\n"
             "a ratio is the median of each round's ratio\n"
         )
         saturated = {}

@@ -320,9 +320,12 @@ def test_a_failing_service_is_demoted_to_the_monolith(tmp_path, proxy_database, 
 
         poll(demoted, timeout=10, interval=0.1, message="the route was not demoted")
 
-        # The breaker may send reads to the monolith (fallback) a moment before
-        # a worker's flush demotes the route: wait for the history to say so.
+        # The breaker may send reads to the monolith (fallback) before any
+        # worker has counted DEMOTE_MIN_REQUESTS answers from the service (each
+        # worker counts its own): traffic goes on, as it would, until a
+        # worker's flush demotes the route and the history says so.
         def latest_change() -> str:
+            fresh_get(server.url + "/echo/x")
             _, history = run_cli(server, "history", "echo", capsys=capsys)
             return history.splitlines()[2]
 

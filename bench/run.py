@@ -1,5 +1,6 @@
-"""`make bench`: the monolith directly, through the strangler proxy and through
-nginx, under wrk, on a trivial endpoint and on the paginated invoice list.
+"""`make bench`: the monolith directly, through the strangler proxy, through
+nginx and through a Python byte relay, under wrk, on a trivial endpoint and
+on the paginated invoice list.
 
 Everything runs on 127.0.0.1 on this machine: a seeded monolith (gunicorn,
 servicekit's settings), the proxy (gunicorn, its own settings), nginx as a

@@ -192,3 +192,14 @@ class Traffic:
             message="the traffic made no progress",
         )
         assert not self.unexpected, self.unexpected[:3]
+
+    def wait_until_on(self, people: list[Customer], side: str, timeout: float = 30.0) -> None:
+        """Until each of ``people`` has written to ``side``: a number of writes
+        in all may all be other users', and a user meets its new owner only
+        when it writes once more."""
+        poll(
+            lambda: all(c.side == side for c in people) or self.unexpected,
+            timeout=timeout,
+            message=f"a user never wrote to its new owner, the {side}",
+        )
+        assert not self.unexpected, self.unexpected[:3]

@@ -265,13 +265,7 @@ def test_a_handover_under_writes_to_both_sides_loses_nothing_and_announces_each_
         traffic.wait_for(30)
         handover = hand_over(streaming, 50, "monolith")
         traffic.wait_for(30)
-        # 30 writes in all may all be other users': wait until each moving
-        # user has written once more (and so met its new owner).
-        poll(
-            lambda: all(c.side == "service" for c in people[:4]) or traffic.unexpected,
-            timeout=30,
-            message="a moving user never wrote to its new owner",
-        )
+        traffic.wait_until_on(people[:4], "service")
     assert not traffic.unexpected, traffic.unexpected[:3]
     settled(streaming)
 
@@ -366,6 +360,7 @@ def test_cut_over_then_roll_back_under_writes_loses_nothing_and_verifies_clean(
         traffic.wait_for(20)
         cut_over = hand_over(streaming, 100, "service")["last_handover"]["hold_seconds"]
         traffic.wait_for(20)
+        traffic.wait_until_on(people, "service")
         assert all(customer.side == "service" for customer in people)
         # Plans are the service's too: the monolith refuses a new one.
         refused = apps.client("monolith").post(
@@ -382,6 +377,7 @@ def test_cut_over_then_roll_back_under_writes_loses_nothing_and_verifies_clean(
         a_plan(apps, "service")
         rollback = hand_over(streaming, 0, "monolith")["last_handover"]["hold_seconds"]
         traffic.wait_for(20)
+        traffic.wait_until_on(people, "monolith")
     print(f"\n{pair.backend}: cut-over held {cut_over:.3f}s, rollback {rollback:.3f}s")
     assert not traffic.unexpected, traffic.unexpected[:3]
     assert all(customer.side == "monolith" for customer in people)

@@ -92,6 +92,10 @@ def sign_in(page: Any, served: Served, team: str = "billing-team") -> None:
     page.get_by_label("Team token").fill(TOKENS[team])
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text(f"Signed in as {team}").wait_for()
+    # The text is there before the stylesheet may be: what a test measures
+    # or photographs next is the styled page (an unstyled one is 432 px wide
+    # at phone width).
+    page.wait_for_load_state("load")
 
 
 def move(page: Any, route: str, mode: str, percent: int | None, reason: str) -> None:

@@ -131,7 +131,8 @@ class Outcome:
 
 
 class Interrupted(Exception):
-    """SIGTERM, turned into an exception so that every process is still stopped."""
+    """SIGTERM, or the end of the input at a prompt, turned into an exception
+    so that every process is still stopped."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +260,11 @@ class Demo:
 
     def pause(self) -> None:
         if not self.args.auto:
-            input(f"   [Enter] to go on (dashboard: {self.proxy_url}/_strangler/) ")
+            try:
+                input(f"   [Enter] to go on (dashboard: {self.proxy_url}/_strangler/) ")
+            except EOFError:
+                # Ctrl-D, or the input closed: nobody is left to press Enter
+                raise Interrupted from None
 
     def hold(self) -> None:
         """Let the shoppers shop for a step's seconds, then say what they did."""

@@ -68,7 +68,8 @@ def test_the_demo_walks_the_journey_and_prints_its_counts(tmp_path: Path) -> Non
     assert "$ strangler data verify billing" in output
 
 
-def test_an_interrupted_demo_stops_every_process_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "end of input"])
+def test_an_interrupted_demo_stops_every_process_it_started(tmp_path: Path, stop: str) -> None:
     run, ports = demo(tmp_path / "demo", stdin=subprocess.PIPE)  # waits for Enter at step 1
     assert run.stdout is not None
     lines = []
@@ -77,7 +78,11 @@ def test_an_interrupted_demo_stops_every_process_it_started(tmp_path: Path) -> N
         if line.startswith("== 1/"):
             break
     assert not nothing_listens(ports), "".join(lines)
-    run.send_signal(signal.SIGINT)
+    if stop == "ctrl-c":
+        run.send_signal(signal.SIGINT)
+    # communicate closes the demo's input: for "end of input" that is the stop
+    # itself (Ctrl-D at the prompt, or a piped input that ran out)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 130, "".join(lines) + output
+    assert "interrupted: stopping everything the demo started" in output
     assert nothing_listens(ports), "the demo exited before every process it started had"
